@@ -1,0 +1,1 @@
+"""fencevol volume server: disks, disk groups, volumes, delegations, remote I/O."""

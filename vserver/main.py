@@ -1,0 +1,119 @@
+"""``vserver serve``: the volume server daemon (foreground)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import tomllib
+
+import trio
+
+from fencevol.cli import run_main, setup_logging
+from fencevol.errors import InvalidArgument
+from fencevol.lease import LeaseTerms
+from fencevol.rpc import parse_address
+
+from .server import DEFAULT_PORT, DEFAULT_STATE_DIR, Settings, VolumeServer
+
+log = logging.getLogger("vserver")
+
+CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds": (int, float),
+               "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
+               "scan": list, "log_level": str}
+
+
+def load_config(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidArgument(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"config file {path}: {exc}") from None
+    for k, v in data.items():
+        if k not in CONFIG_KEYS:
+            raise InvalidArgument(f"config file {path}: unknown key {k!r} "
+                                  f"(known: {', '.join(sorted(CONFIG_KEYS))})")
+        if not isinstance(v, CONFIG_KEYS[k]) or isinstance(v, bool):
+            raise InvalidArgument(f"config file {path}: {k} has the wrong type")
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vserver", description="fencevol volume server")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("serve", help="run the volume server in the foreground",
+                       description="Run the volume server in the foreground. Command-line "
+                       "flags override the TOML config file; see docs/OPERATIONS.md.")
+    s.add_argument("--config", metavar="FILE", help="TOML config file")
+    s.add_argument("--state-dir", metavar="DIR",
+                   help=f"state directory (default {DEFAULT_STATE_DIR})")
+    s.add_argument("--listen", metavar="HOST:PORT",
+                   help=f"control endpoint (default 127.0.0.1:{DEFAULT_PORT})")
+    s.add_argument("--key-file", metavar="FILE",
+                   help="cluster key (default STATE_DIR/cluster.key, created at first start)")
+    s.add_argument("--lease", type=float, metavar="SECONDS", help="delegation lease (default 4)")
+    s.add_argument("--lease-margin", type=float, metavar="SECONDS",
+                   help="safety margin after a lease ends (default 1)")
+    s.add_argument("--lease-guard", type=float, metavar="SECONDS",
+                   help="clients stop writing this long before the lease ends (default 0.5)")
+    s.add_argument("--scan", action="append", metavar="GLOB",
+                   help="where `dg import` looks for disks (repeatable)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
+    cfg = load_config(args.config) if args.config else {}
+    defaults = LeaseTerms()
+    lease = LeaseTerms(
+        duration=float(args.lease if args.lease is not None else cfg.get("lease_seconds", defaults.duration)),
+        margin=float(args.lease_margin if args.lease_margin is not None
+                     else cfg.get("lease_margin_seconds", defaults.margin)),
+        guard=float(args.lease_guard if args.lease_guard is not None
+                    else cfg.get("lease_guard_seconds", defaults.guard)))
+    listen = args.listen or cfg.get("listen") or f"127.0.0.1:{DEFAULT_PORT}"
+    settings = Settings(
+        state_dir=os.path.abspath(args.state_dir or cfg.get("state_dir") or DEFAULT_STATE_DIR),
+        listen=parse_address(listen, DEFAULT_PORT),
+        key_file=args.key_file or cfg.get("key_file", ""),
+        lease=lease,
+        scan=list(args.scan or cfg.get("scan", [])),
+    )
+    return settings, args.log_level or cfg.get("log_level", "info")
+
+
+async def serve(settings: Settings) -> None:
+    server = VolumeServer(settings)
+    server.open_state()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await nursery.start(server.serve)
+    finally:
+        server.close()
+        log.info("stopped")
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    def _main() -> int:
+        args = build_parser().parse_args(argv)
+        settings, level = settings_from(args)
+        setup_logging("vserver", level)
+        trio.run(serve, settings)
+        return 0
+    run_main("vserver", _main)
+
+
+if __name__ == "__main__":
+    main()

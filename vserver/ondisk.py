@@ -1,0 +1,224 @@
+"""The private region at the start of every disk (format in docs/ON-DISK.md).
+
+Layout (byte offsets)::
+
+    0         label slot A     4 KiB   disk header: uuid, sizes, disk group
+    4 KiB     label slot B     4 KiB
+    8 KiB     PR slot A       28 KiB   persistent-reservation table
+    36 KiB    PR slot B       28 KiB
+    64 KiB    config slot A  ~2 MiB    disk group configuration
+    ...       config slot B  ~2 MiB
+    4 MiB     public region: subdisks
+
+Each area has two slots. A slot is a 28-byte header -- magic ``FENCEVOL``, format
+version u16, kind u16, generation u64, payload length u32, CRC-32C u32 (over the
+header with the CRC field zeroed, then the payload) -- followed by a JSON payload.
+An update writes generation g+1 into the slot *not* holding the newest valid copy
+and fdatasyncs, so a crash mid-write leaves the previous copy intact (S4). A slot
+holding the magic whose CRC fails is reported, never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+
+from fencevol.crc import crc32c
+from fencevol.errors import ChecksumError, InvalidArgument, NotFound
+
+MAGIC = b"FENCEVOL"
+FORMAT_VERSION = 1
+SLOT_HEADER = struct.Struct(">8sHHQII")
+PRIVATE_SIZE = 4 << 20
+
+LABEL, PR, CONFIG = 1, 2, 3
+KIND_NAMES = {LABEL: "label", PR: "reservation table", CONFIG: "configuration"}
+_AREAS = {
+    LABEL: (0, 4 << 10),
+    PR: (8 << 10, 28 << 10),
+    CONFIG: (64 << 10, (PRIVATE_SIZE - (64 << 10)) // 2),
+}
+MIN_DISK_SIZE = PRIVATE_SIZE + (16 << 20)
+
+
+def slot_offset(kind: int, slot: int) -> int:
+    base, size = _AREAS[kind]
+    return base + slot * size
+
+
+def slot_capacity(kind: int) -> int:
+    return _AREAS[kind][1] - SLOT_HEADER.size
+
+
+def encode_slot(kind: int, generation: int, payload: bytes) -> bytes:
+    if len(payload) > slot_capacity(kind):
+        raise InvalidArgument(
+            f"{KIND_NAMES[kind]} of {len(payload)} bytes does not fit its slot "
+            f"({slot_capacity(kind)} bytes)")
+    head = SLOT_HEADER.pack(MAGIC, FORMAT_VERSION, kind, generation, len(payload), 0)
+    crc = crc32c(payload, crc32c(head))
+    return SLOT_HEADER.pack(MAGIC, FORMAT_VERSION, kind, generation, len(payload), crc) + payload
+
+
+@dataclass
+class SlotState:
+    slot: int
+    generation: int | None = None    # None: empty or unreadable
+    payload: bytes | None = None     # set only when the checksum holds
+    problem: str | None = None       # why the slot is unusable (None for empty/valid)
+
+
+def decode_slot(kind: int, slot: int, raw: bytes) -> SlotState:
+    st = SlotState(slot)
+    if len(raw) < SLOT_HEADER.size:
+        st.problem = "short read"
+        return st
+    magic, version, k, gen, plen, crc = SLOT_HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        if any(raw[:SLOT_HEADER.size]):
+            st.problem = "no fencevol magic (overwritten?)"
+        return st
+    if version != FORMAT_VERSION or k != kind or plen > len(raw) - SLOT_HEADER.size:
+        st.problem = (f"bad header (format version {version}, kind {k}, length {plen}); "
+                      "checksum cannot be verified")
+        return st
+    head = SLOT_HEADER.pack(MAGIC, version, k, gen, plen, 0)
+    payload = bytes(raw[SLOT_HEADER.size:SLOT_HEADER.size + plen])
+    actual = crc32c(payload, crc32c(head))
+    st.generation = gen
+    if actual != crc:
+        st.problem = f"CRC-32C mismatch (stored {crc:#010x}, computed {actual:#010x})"
+        return st
+    st.payload = payload
+    return st
+
+
+@dataclass
+class AreaState:
+    """Both slots of one area, and the newest valid copy."""
+
+    kind: int
+    slots: list[SlotState]
+    best: SlotState | None = None
+
+    @property
+    def generation(self) -> int:
+        return self.best.generation if self.best else 0
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{KIND_NAMES[self.kind]} slot {'AB'[s.slot]}"
+                + (f" (generation {s.generation})" if s.generation is not None else "")
+                + f": {s.problem}" for s in self.slots if s.problem]
+
+    def json(self) -> dict | None:
+        return json.loads(self.best.payload) if self.best else None
+
+    @property
+    def next_slot(self) -> int:
+        """Where the next update goes: never over the newest valid copy."""
+        return 1 - self.best.slot if self.best else 0
+
+
+def read_area(fd: int, kind: int) -> AreaState:
+    slots = []
+    for slot in (0, 1):
+        raw = os.pread(fd, _AREAS[kind][1], slot_offset(kind, slot))
+        slots.append(decode_slot(kind, slot, raw))
+    valid = [s for s in slots if s.payload is not None]
+    best = max(valid, key=lambda s: s.generation) if valid else None
+    return AreaState(kind, slots, best)
+
+
+def write_area(fd: int, area: AreaState, payload: dict, generation: int | None = None) -> AreaState:
+    """Write ``payload`` as the next generation into the free slot and fdatasync.
+
+    Refuses (``ChecksumError``) when the target slot holds a copy that failed its
+    checksum: that needs an explicit repair, so evidence is never overwritten
+    silently."""
+    target = area.next_slot
+    if area.slots[target].problem:
+        raise ChecksumError(f"refusing to overwrite damaged {area.problems[0]}; repair first")
+    gen = area.generation + 1 if generation is None else generation
+    data = encode_slot(area.kind, gen, json.dumps(payload, separators=(",", ":")).encode())
+    os.pwrite(fd, data, slot_offset(area.kind, target))
+    os.fdatasync(fd)
+    st = SlotState(target, gen, data[SLOT_HEADER.size:])
+    slots = list(area.slots)
+    slots[target] = st
+    return AreaState(area.kind, slots, st)
+
+
+def clear_private_region(fd: int) -> None:
+    zero = bytes(1 << 20)
+    for off in range(0, PRIVATE_SIZE, len(zero)):
+        os.pwrite(fd, zero, off)
+    os.fdatasync(fd)
+
+
+@dataclass
+class Label:
+    """Decoded disk header."""
+
+    disk_id: str
+    name: str
+    size: int
+    public_offset: int
+    dg_id: str = ""
+    dg_name: str = ""
+    created: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"disk_id": self.disk_id, "name": self.name, "size": self.size,
+                "private_size": self.public_offset, "public_offset": self.public_offset,
+                "dg_id": self.dg_id, "dg_name": self.dg_name, "created": self.created}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Label":
+        return cls(str(d["disk_id"]), str(d["name"]), int(d["size"]), int(d["public_offset"]),
+                   str(d.get("dg_id", "")), str(d.get("dg_name", "")), float(d.get("created", 0)))
+
+
+def open_disk(path: str) -> tuple[int, int]:
+    """Open a disk image or block device read-write; return ``(fd, size)``.
+
+    Raises ``NotFound`` / ``InvalidArgument`` with a one-line reason."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such file or device") from None
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: {exc.strerror}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise InvalidArgument(f"{path}: not a regular file or block device")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: cannot open read-write: {exc.strerror}") from None
+    size = os.lseek(fd, 0, os.SEEK_END)
+    return fd, size
+
+
+@dataclass
+class DiskProbe:
+    """What reading a disk's private region found."""
+
+    path: str
+    label: Label | None
+    label_area: AreaState
+    problems: list[str] = field(default_factory=list)
+
+
+def probe(fd: int, path: str) -> DiskProbe:
+    area = read_area(fd, LABEL)
+    label = None
+    problems = area.problems
+    if area.best is not None:
+        try:
+            label = Label.from_json(area.json())
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"label does not parse: {exc!r}")
+    return DiskProbe(path, label, area, problems)

@@ -1,0 +1,649 @@
+"""Request handlers. Each takes ``(server, session, args, payload)`` and returns
+``(result, payload)``; domain errors travel back as error replies.
+
+Admin operations (``vctl``) and node operations (``vclient``) share one table;
+node operations need a node session."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import trio
+
+from fencevol import modes
+from fencevol.errors import (AlreadyExists, Conflict, InUse, InvalidArgument, NoSpace,
+                             NotFound, ProtocolError, Revoked)
+from fencevol.units import format_size, parse_size
+
+from . import allocator, ondisk, storage
+from .delegations import ACTIVE, Delegation
+from .model import GroupConfig, Volume
+from .server import Session, VolumeServer
+from .storage import Disk, Group
+
+log = logging.getLogger("vserver")
+
+OPS: dict[str, tuple] = {}
+MAX_IO = 8 << 20
+MAX_ATTACH_WAIT = 600.0
+
+
+def op(name: str, role: str = "any"):
+    def register(fn):
+        OPS[name] = (fn, role)
+        return fn
+    return register
+
+
+async def dispatch(srv: VolumeServer, sess: Session, msg: dict, payload: bytes):
+    name = msg.get("op")
+    entry = OPS.get(name)
+    if entry is None:
+        raise ProtocolError(f"unknown operation {name!r}")
+    fn, role = entry
+    if role == "node" and sess.role != "node":
+        raise InvalidArgument(f"{name} needs a node session (vclient)")
+    args = msg.get("args")
+    if not isinstance(args, dict):
+        raise ProtocolError("request args must be an object")
+    return await fn(srv, sess, args, payload)
+
+
+def _arg(args: dict, name: str, kind=str, default=...):
+    v = args.get(name, default)
+    if v is ...:
+        raise InvalidArgument(f"missing argument {name!r}")
+    if v is None and default is None:
+        return None
+    if kind is int and isinstance(v, bool) or not isinstance(v, kind):
+        raise InvalidArgument(f"argument {name!r} must be {kind.__name__}")
+    return v
+
+
+# --- descriptions ---------------------------------------------------------------
+def _disk_info(srv: VolumeServer, d: Disk) -> dict:
+    lab = d.label
+    group = srv.groups.get(lab.dg_name) if lab and lab.dg_name else None
+    if group is not None and d.id in group.disks:
+        free = allocator.free_bytes(allocator.free_map(group.config), d.id)
+    else:
+        free = max(0, d.size - ondisk.PRIVATE_SIZE)
+    return {"name": d.name, "id": d.id, "path": d.path, "size": d.size,
+            "public_size": max(0, d.size - (lab.public_offset if lab else ondisk.PRIVATE_SIZE)),
+            "free": free, "group": lab.dg_name if lab else "",
+            "state": "error" if d.problems else "ok", "problems": list(d.problems)}
+
+
+def _group_info(srv: VolumeServer, g: Group) -> dict:
+    fm = allocator.free_map(g.config)
+    probs = g.problems()
+    return {"name": g.name, "id": g.config.id, "generation": g.config.generation,
+            "disks": [r.name for r in g.config.disks],
+            "size": sum(r.size - r.public_offset for r in g.config.disks),
+            "free": sum(allocator.free_bytes(fm, d) for d in fm),
+            "volumes": len(g.config.volumes),
+            "state": "degraded" if probs else "ok", "problems": probs}
+
+
+def _attachments(srv: VolumeServer, key: str) -> list[dict]:
+    now = trio.current_time()
+    out = []
+    for d in srv.table.on_volume(key):
+        out.append({"node": d.node, "mode": d.mode, "state": d.state, "delegation": d.id,
+                    "connected": d.connected, "reason": d.reason,
+                    "lease_remaining": round(srv.terms.server_expiry(d.granted_at) - now, 3)})
+    return sorted(out, key=lambda a: a["node"])
+
+
+def _volume_info(srv: VolumeServer, g: Group, v: Volume, detail: bool = False) -> dict:
+    key = f"{g.name}/{v.name}"
+    info = {"name": key, "dg": g.name, "volume": v.name, "id": v.id, "size": v.size,
+            "layout": v.layout, "columns": v.columns, "mirrors": len(v.plexes),
+            "stripe_unit": v.stripe_unit, "kind": v.kind,
+            "extents": sum(1 for _ in v.subdisks()),
+            "attached": _attachments(srv, key)}
+    if v.cluster_id:
+        info["cluster_id"] = v.cluster_id
+    if detail:
+        names = {r.id: r.name for r in g.config.disks}
+        paths = g.disk_paths()
+        plexes = []
+        for p, plex in enumerate(v.plexes):
+            cols = []
+            for c, col in enumerate(plex):
+                pos, sds = 0, []
+                for sd in col:
+                    sds.append({"disk": names[sd.disk], "disk_id": sd.disk,
+                                "path": paths.get(sd.disk, ""), "column_offset": pos,
+                                "disk_offset": sd.offset, "length": sd.length})
+                    pos += sd.length
+                cols.append({"column": c, "subdisks": sds})
+            plexes.append({"plex": p, "columns": cols})
+        info["plexes"] = plexes
+    return info
+
+
+# --- server and disks -----------------------------------------------------------
+@op("status")
+async def op_status(srv: VolumeServer, sess, args, payload):
+    now = trio.current_time()
+    grace_left = srv.started_at + srv.terms.duration + srv.terms.margin - now
+    return {
+        "server": {"id": srv.server_id, "listen": srv.listen_address,
+                   "state_dir": srv.settings.state_dir, "pid": os.getpid(),
+                   "uptime": round(now - srv.started_at, 3),
+                   "grace_remaining": round(max(0.0, grace_left), 3),
+                   "lease": srv.lease_terms_wire()},
+        "disks": [_disk_info(srv, d) for d in srv.disks.values()]
+                 + [{"name": "", "id": e["id"], "path": e["path"], "state": "missing",
+                     "problems": [e["error"]]} for e in srv.disk_errors],
+        "groups": [_group_info(srv, g) for g in srv.groups.values()],
+        "attachments": [a | {"volume": d_key} for d_key in sorted({d.volume for d in srv.table.by_id.values()})
+                        for a in _attachments(srv, d_key)],
+        "nodes": sorted(({"node": s.node, "peer": s.peer, "since": s.connected_at}
+                         for s in srv.sessions.values()), key=lambda n: n["node"]),
+    }, b""
+
+
+def _known_disk_by_path(srv: VolumeServer, path: str) -> Disk | None:
+    real = os.path.realpath(path)
+    for d in srv.disks.values():
+        if os.path.realpath(d.path) == real:
+            return d
+    return None
+
+
+def _require_abs(path: object) -> str:
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise InvalidArgument(f"disk path must be absolute, got {path!r}")
+    return os.path.normpath(path)
+
+
+@op("disk_init")
+async def op_disk_init(srv: VolumeServer, sess, args, payload):
+    path = _require_abs(args.get("path"))
+    size = args.get("size")
+    name = _arg(args, "name", str, None)
+    force = bool(args.get("force", False))
+    async with srv.config_lock:
+        created = False
+        if size is not None:
+            size = parse_size(size, align=1 << 20, what="disk size")
+            if size < ondisk.MIN_DISK_SIZE:
+                raise InvalidArgument(f"disk size {format_size(size)} is too small "
+                                      f"(at least {format_size(ondisk.MIN_DISK_SIZE)})")
+            if not os.path.exists(path):
+                storage.create_sparse_image(path, size)
+                created = True
+            elif os.path.isfile(path) and os.path.getsize(path) != size:
+                raise InvalidArgument(f"{path} exists with size {format_size(os.path.getsize(path))}; "
+                                      "--size only applies when creating an image")
+        known = _known_disk_by_path(srv, path)
+        disk = known or Disk.open(path)
+        try:
+            if not known and disk.id in srv.disks:
+                raise AlreadyExists(f"{path} holds disk {disk.id}, already known at "
+                                    f"{srv.disks[disk.id].path}")
+            if disk.label and disk.label.dg_name in srv.groups:
+                raise InUse(f"{path} belongs to disk group {disk.label.dg_name}")
+            old_id = disk.id
+            await trio.to_thread.run_sync(storage.init_disk, disk, name, force)
+        except BaseException:
+            if not known:
+                disk.close()
+            if created:
+                os.unlink(path)
+            raise
+        srv.disks.pop(old_id, None)
+        srv.disks[disk.id] = disk
+        srv.save_state()
+    log.info("initialized disk %s (%s) at %s", disk.name, disk.id, path)
+    return _disk_info(srv, disk), b""
+
+
+@op("disk_list")
+async def op_disk_list(srv: VolumeServer, sess, args, payload):
+    result, _ = await op_status(srv, sess, args, payload)
+    return {"disks": result["disks"]}, b""
+
+
+# --- disk groups ------------------------------------------------------------------
+def _resolve_disk(srv: VolumeServer, ref: object) -> Disk:
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgument(f"bad disk reference {ref!r}")
+    if ref in srv.disks:
+        return srv.disks[ref]
+    if not os.path.isabs(ref):
+        named = [d for d in srv.disks.values() if d.name == ref]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise InvalidArgument(f"disk name {ref} is ambiguous; give its path")
+        raise NotFound(f"no disk named {ref}; give an absolute path or run `vctl disk list`")
+    known = _known_disk_by_path(srv, ref)
+    if known:
+        return known
+    disk = Disk.open(ref)
+    if disk.label is None:
+        disk.close()
+        raise InvalidArgument(f"{ref} is not initialized; run `vctl disk init {ref}`")
+    if disk.id in srv.disks:
+        disk.close()
+        raise AlreadyExists(f"{ref} holds disk {disk.id}, already known at {srv.disks[disk.id].path}")
+    srv.disks[disk.id] = disk
+    return disk
+
+
+@op("dg_create")
+async def op_dg_create(srv: VolumeServer, sess, args, payload):
+    name = _arg(args, "name")
+    refs = args.get("disks")
+    if not isinstance(refs, list) or not refs:
+        raise InvalidArgument("dg create needs at least one disk")
+    async with srv.config_lock:
+        if name in srv.groups:
+            raise AlreadyExists(f"disk group {name} already exists")
+        before = set(srv.disks)
+        try:
+            disks = [_resolve_disk(srv, r) for r in refs]
+            cfg = storage.make_group_config(name, disks)
+        except BaseException:
+            for extra in set(srv.disks) - before:
+                srv.disks.pop(extra).close()
+            raise
+        group = Group(cfg, {d.id: d for d in disks})
+        await trio.to_thread.run_sync(storage.join_disks, group, cfg)
+        srv.groups[name] = group
+        srv.save_state()
+    log.info("created disk group %s on %s", name, ", ".join(d.name for d in disks))
+    return _group_info(srv, group), b""
+
+
+@op("dg_list")
+async def op_dg_list(srv: VolumeServer, sess, args, payload):
+    return {"groups": [_group_info(srv, g) for g in srv.groups.values()]}, b""
+
+
+@op("dg_import")
+async def op_dg_import(srv: VolumeServer, sess, args, payload):
+    name = _arg(args, "name")
+    paths = args.get("paths") or []
+    scan = args.get("scan") or []
+    if not isinstance(paths, list) or not isinstance(scan, list):
+        raise InvalidArgument("paths and scan must be lists")
+    async with srv.config_lock:
+        if name in srv.groups:
+            raise AlreadyExists(f"disk group {name} is already imported")
+        candidates = [_require_abs(p) for p in paths]
+        if not candidates:
+            patterns = list(scan) or list(srv.settings.scan)
+            candidates = storage.scan_paths(patterns)
+            candidates += [d.path for d in srv.disks.values() if d.path not in candidates]
+        found: dict[str, Disk] = {}
+        opened: list[Disk] = []
+        try:
+            for path in candidates:
+                disk = _known_disk_by_path(srv, path)
+                if disk is None:
+                    try:
+                        disk = Disk.open(path)
+                    except (NotFound, InvalidArgument):
+                        if paths:
+                            raise
+                        continue
+                    opened.append(disk)
+                if not (disk.label and disk.label.dg_name == name):
+                    if paths:
+                        raise InvalidArgument(f"{path} is not a disk of disk group {name}")
+                    continue
+                if disk.id in found:
+                    raise InvalidArgument(f"disk {disk.id} found twice ({found[disk.id].path} and "
+                                          f"{path}); is one a copy?")
+                found[disk.id] = disk
+            if not found:
+                where = ", ".join(paths or scan or srv.settings.scan) or "known disks"
+                raise NotFound(f"no disk of disk group {name} found (looked at {where}); "
+                               "give disk paths or --scan patterns")
+            group = storage.group_from_disks(name, list(found.values()))
+            if group.missing:
+                raise NotFound(f"disk group {name} is incomplete: missing {', '.join(group.missing)}")
+        except BaseException:
+            for d in opened:
+                d.close()
+            raise
+        for d in opened:
+            if d.id in found:
+                srv.disks[d.id] = d
+            else:
+                d.close()
+        srv.groups[name] = group
+        srv.save_state()
+    for p in group.problems():
+        log.error("disk group %s: %s", name, p)
+    log.info("imported disk group %s (generation %d, %d disks)", name, group.config.generation,
+             len(group.disks))
+    return _group_info(srv, group), b""
+
+
+@op("dg_repair")
+async def op_dg_repair(srv: VolumeServer, sess, args, payload):
+    """Rewrite damaged metadata slots of a group from its newest valid configuration."""
+    name = _arg(args, "name")
+    async with srv.config_lock:
+        group = srv.groups.get(name)
+        if group is None:
+            raise NotFound(f"no disk group {name}")
+        if group.missing:
+            raise InvalidArgument(f"disk group {name} is missing disks; cannot repair")
+        cfg = _next_config(group.config, group.config.volumes)
+        repaired = await trio.to_thread.run_sync(_repair_group, group, cfg)
+        srv.install_config(group, cfg)
+    log.warning("repaired disk group %s: %s", name, "; ".join(repaired) or "nothing to do")
+    return {"repaired": repaired, "group": _group_info(srv, group)}, b""
+
+
+def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
+    repaired = []
+    for disk in group.disks.values():
+        for kind, area in list(disk.areas.items()):
+            for st in area.slots:
+                if st.problem:
+                    repaired.append(f"{disk.name}: {ondisk.KIND_NAMES[kind]} slot {'AB'[st.slot]}")
+                    os.pwrite(disk.fd, bytes(ondisk.slot_capacity(kind) + ondisk.SLOT_HEADER.size),
+                              ondisk.slot_offset(kind, st.slot))
+        os.fdatasync(disk.fd)
+        disk.reload()
+        if disk.label is not None and disk.areas[ondisk.LABEL].best is not None:
+            disk.write_label(disk.label)
+    storage.write_config(group, cfg)
+    return repaired
+
+
+# --- volumes --------------------------------------------------------------------------
+def _next_config(cfg: GroupConfig, volumes: list[Volume]) -> GroupConfig:
+    return GroupConfig(id=cfg.id, name=cfg.name, generation=cfg.generation + 1,
+                       disks=cfg.disks, volumes=volumes)
+
+
+async def _commit(srv: VolumeServer, group: Group, cfg: GroupConfig) -> None:
+    cfg.validate()
+    await trio.to_thread.run_sync(storage.write_config, group, cfg)
+    srv.install_config(group, cfg)
+
+
+def _opt_size(args: dict, name: str, align: int, what: str) -> int | None:
+    v = args.get(name)
+    return None if v is None else parse_size(v, align=align, what=what)
+
+
+def _opt_int(args: dict, name: str) -> int | None:
+    v = args.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidArgument(f"argument {name!r} must be an integer")
+    return v
+
+
+@op("vol_create")
+async def op_vol_create(srv: VolumeServer, sess, args, payload):
+    dg = _arg(args, "dg")
+    name = _arg(args, "name")
+    size = parse_size(args.get("size", ""), what="volume size")
+    layout = _arg(args, "layout", str, "concat")
+    kind = _arg(args, "kind", str, "data")
+    if kind not in ("data", "coordinator"):
+        raise InvalidArgument(f"unknown volume kind {kind!r}")
+    async with srv.config_lock:
+        group = srv.groups.get(dg)
+        if group is None:
+            raise NotFound(f"no disk group {dg}")
+        group.check_writable()
+        vol = allocator.create_volume(
+            group.config, name, size, layout, columns=_opt_int(args, "columns"),
+            mirrors=_opt_int(args, "mirrors"),
+            stripe_unit=_opt_size(args, "stripe_unit", 4096, "stripe unit"),
+            max_subdisk=_opt_size(args, "max_subdisk", allocator.ALLOC_UNIT, "subdisk size"),
+            kind=kind, cluster_id=_arg(args, "cluster_id", str, ""))
+        await _commit(srv, group, _next_config(group.config, group.config.volumes + [vol]))
+    log.info("created volume %s/%s: %s %s", dg, name, format_size(size), layout)
+    return _volume_info(srv, group, vol, detail=True), b""
+
+
+@op("vol_list")
+async def op_vol_list(srv: VolumeServer, sess, args, payload):
+    dg = _arg(args, "dg", str, None)
+    if dg is not None and dg not in srv.groups:
+        raise NotFound(f"no disk group {dg}")
+    return {"volumes": [_volume_info(srv, g, v) for g in srv.groups.values()
+                        if dg in (None, g.name) for v in g.config.volumes]}, b""
+
+
+@op("vol_show")
+async def op_vol_show(srv: VolumeServer, sess, args, payload):
+    group, vol = srv.find_volume(args.get("volume"))
+    return _volume_info(srv, group, vol, detail=True), b""
+
+
+@op("vol_remove")
+async def op_vol_remove(srv: VolumeServer, sess, args, payload):
+    group, vol = srv.find_volume(args.get("volume"))
+    key = f"{group.name}/{vol.name}"
+    async with srv.vol_locks[key], srv.config_lock:
+        group, vol = srv.find_volume(key)
+        await srv.expire_now()
+        holders = srv.table.on_volume(key)
+        if holders:
+            raise InUse(f"volume {key} is attached by node(s) "
+                        f"{', '.join(str(d.node) for d in holders)}; detach first")
+        group.check_writable()
+        await _commit(srv, group, _next_config(
+            group.config, [v for v in group.config.volumes if v.id != vol.id]))
+    log.info("removed volume %s", key)
+    return {"removed": key}, b""
+
+
+@op("vol_resize")
+async def op_vol_resize(srv: VolumeServer, sess, args, payload):
+    """Grow (live: revoke, change the map, reinstate) or shrink (detached only)."""
+    group, vol = srv.find_volume(args.get("volume"))
+    key = f"{group.name}/{vol.name}"
+    size = parse_size(args.get("size", ""), what="volume size")
+    async with srv.vol_locks[key]:
+        group, vol = srv.find_volume(key)
+        await srv.expire_now()
+        holders = srv.table.on_volume(key)
+        if size < vol.size and holders:
+            raise InUse(f"cannot shrink {key} while attached by node(s) "
+                        f"{', '.join(str(d.node) for d in holders)}")
+        if size == vol.size:
+            return _volume_info(srv, group, vol, detail=True), b""
+        group.check_writable()
+        new_vol = allocator.resize_volume(group.config, vol, size)  # NoSpace: nothing changed
+        await srv.revoke(holders, "reconfigure")
+        try:
+            async with srv.config_lock:
+                cfg = _next_config(group.config,
+                                   [new_vol if v.id == vol.id else v for v in group.config.volumes])
+                await _commit(srv, group, cfg)
+        finally:
+            _, current = srv.find_volume(key)
+            await _reinstate(srv, group, current, holders)
+    log.info("resized volume %s from %s to %s", key, format_size(vol.size), format_size(size))
+    return _volume_info(srv, group, new_vol, detail=True), b""
+
+
+async def _reinstate(srv: VolumeServer, group: Group, vol: Volume, delegs: list[Delegation]) -> None:
+    now = trio.current_time()
+    wire_map = srv.map_wire(group, vol)
+    for d in delegs:
+        if srv.table.by_id.get(d.id) is d and d.state == "revoked" and d.reason == "reconfigure":
+            srv.table.reinstate(d, now)
+            sess = srv.sessions.get(d.node)
+            if sess is not None:
+                await sess.push({"push": "reinstate", "delegation": d.id, "volume": d.volume,
+                                 "map": wire_map})
+    srv.notify()
+
+
+# --- attach and delegations ------------------------------------------------------------
+def _delegation_reply(srv: VolumeServer, d: Delegation, group: Group, vol: Volume) -> dict:
+    return {"delegation": {"id": d.id, "mode": d.mode, "volume": d.volume,
+                           "lease": srv.lease_terms_wire()},
+            "map": srv.map_wire(group, vol),
+            "volume": {"name": d.volume, "id": vol.id, "size": vol.size, "layout": vol.layout,
+                       "kind": vol.kind}}
+
+
+@op("attach", role="node")
+async def op_attach(srv: VolumeServer, sess: Session, args, payload):
+    """Grant a delegation. Conflicts with a live holder fail at once (or after
+    ``wait`` seconds); conflicts with holders that may still be valid but are not
+    live (being revoked, disconnected, restored after a restart) are waited out."""
+    group, vol = srv.find_volume(args.get("volume"))
+    key = f"{group.name}/{vol.name}"
+    mode = modes.parse_mode(_arg(args, "mode", str, "rw"))
+    wait = args.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_ATTACH_WAIT:
+        raise InvalidArgument(f"wait must be 0-{MAX_ATTACH_WAIT:g} seconds")
+    give_up = trio.current_time() + wait
+    node = sess.node
+    async with srv.vol_locks[key]:
+        while True:
+            group, vol = srv.find_volume(key)
+            now = trio.current_time()
+            mine = srv.table.held(key, node)
+            if mine is not None:
+                if mine.mode != mode:
+                    raise InUse(f"node {node} already holds {key} in mode {mine.mode}; detach first")
+                srv.table.renew(mine.id, node, now, sess.id)   # idempotent re-attach / reclaim
+                return _delegation_reply(srv, mine, group, vol), b""
+            blockers = srv.table.blockers(key, node, mode, now)
+            if not blockers:
+                break
+            live = [b for b in blockers if srv.table.live(b, now)]
+            if live and now >= give_up:
+                b = live[0]
+                raise Conflict(f"{key} is attached {modes.MODE_NAMES[b.mode]} by node {b.node}; "
+                               f"{modes.MODE_NAMES[mode]} access conflicts")
+            until = srv.table.next_deadline(blockers)
+            if live:
+                until = min(until, give_up)
+            log.info("attach %s %s by node %d waits for %s", key, mode, node,
+                     ", ".join(f"node {b.node} ({b.state})" for b in blockers))
+            await srv.wait_change(until)
+            await srv.expire_now()
+        d = srv.table.grant(key, node, mode, now, session_id=sess.id)
+        try:
+            await srv.persist_delegations()
+        except BaseException:
+            srv.table.release(d.id)
+            raise
+    log.info("node %d attached %s (%s), delegation %s", node, key, mode, d.id)
+    return _delegation_reply(srv, d, group, vol), b""
+
+
+@op("renew", role="node")
+async def op_renew(srv: VolumeServer, sess: Session, args, payload):
+    ids = args.get("delegations")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidArgument("delegations must be a list of ids")
+    now = trio.current_time()
+    results = {}
+    for i in ids:
+        try:
+            srv.table.renew(i, sess.node, now, sess.id)
+            results[i] = {"ok": True}
+        except Revoked as exc:
+            results[i] = {"ok": False, "error": exc.to_wire()}
+    return {"results": results, "lease": srv.lease_terms_wire()}, b""
+
+
+@op("detach", role="node")
+async def op_detach(srv: VolumeServer, sess: Session, args, payload):
+    d = srv.table.by_id.get(_arg(args, "delegation"))
+    if d is None or d.node != sess.node:
+        raise NotFound("no such delegation held by this node")
+    srv.table.release(d.id)
+    srv.notify()
+    await srv.persist_delegations()
+    log.info("node %d detached %s", d.node, d.volume)
+    return {"detached": d.volume}, b""
+
+
+@op("revoke_ack", role="node")
+async def op_revoke_ack(srv: VolumeServer, sess: Session, args, payload):
+    d = srv.table.acknowledge(_arg(args, "delegation"), sess.node)
+    if d is not None:
+        log.info("node %d acknowledged revoke of %s (%s)", d.node, d.volume, d.reason)
+        srv.notify()
+    return {"acknowledged": d is not None}, b""
+
+
+# --- remote I/O ----------------------------------------------------------------------------
+def _io_target(srv: VolumeServer, sess: Session, args: dict, write: bool):
+    d = srv.table.by_id.get(_arg(args, "delegation"))
+    now = trio.current_time()
+    if d is None or d.node != sess.node:
+        raise Revoked("remote I/O without a delegation held by this node")
+    if d.state != ACTIVE or now >= srv.terms.server_expiry(d.granted_at):
+        raise Revoked(f"delegation on {d.volume} is {d.state if d.state != ACTIVE else 'expired'}")
+    if write and not modes.can_write(d.mode):
+        raise InvalidArgument(f"{d.volume} is attached read-only")
+    group, vol = srv.find_volume(d.volume)
+    offset = _arg(args, "offset", int)
+    if offset < 0:
+        raise InvalidArgument("offset must be >= 0")
+    return group, vol, srv.extent_map(group, vol), offset
+
+
+@op("read", role="node")
+async def op_read(srv: VolumeServer, sess: Session, args, payload):
+    group, vol, emap, offset = _io_target(srv, sess, args, write=False)
+    length = _arg(args, "length", int)
+    if not 0 <= length <= MAX_IO:
+        raise InvalidArgument(f"length must be 0-{MAX_IO}")
+    length = max(0, min(length, vol.size - offset))
+    buf = bytearray(length)
+    view = memoryview(buf)
+    fds = [group.disks[ref.id].fd for ref in emap.disks]
+    for disk, doff, boff, n in emap.plexes[0].segments(offset, length):
+        got = os.preadv(fds[disk], [view[boff:boff + n]], doff)
+        if got != n:
+            raise NoSpace("short read from backing disk")
+    return {"length": length}, bytes(buf)
+
+
+@op("write", role="node")
+async def op_write(srv: VolumeServer, sess: Session, args, payload):
+    group, vol, emap, offset = _io_target(srv, sess, args, write=True)
+    if offset + len(payload) > vol.size:
+        raise NoSpace(f"write past the end of {vol.name} ({vol.size} bytes)")
+    fds = [group.disks[ref.id].fd for ref in emap.disks]
+    view = memoryview(payload)
+    for plex in emap.plexes:
+        for disk, doff, boff, n in plex.segments(offset, len(payload)):
+            os.pwrite(fds[disk], view[boff:boff + n], doff)
+    if args.get("sync"):
+        await trio.to_thread.run_sync(_sync_fds, set(fds))
+    return {"length": len(payload)}, b""
+
+
+@op("sync", role="node")
+async def op_sync(srv: VolumeServer, sess: Session, args, payload):
+    group, vol, emap, _ = _io_target(srv, sess, args | {"offset": 0}, write=False)
+    await trio.to_thread.run_sync(_sync_fds, {group.disks[r.id].fd for r in emap.disks})
+    return {}, b""
+
+
+def _sync_fds(fds) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
+
+
+@op("ping")
+async def op_ping(srv, sess, args, payload):
+    return {"time": time.time()}, b""
+

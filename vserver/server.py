@@ -1,0 +1,404 @@
+"""The volume server process: listener, authenticated sessions, request dispatch,
+delegation waits and persistence. Operations live in ``vserver.ops``."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import trio
+
+import fencevol
+from fencevol import auth, wire
+from fencevol.errors import (AuthError, FencevolError, InvalidArgument, NotFound,
+                             ProtocolError)
+from fencevol.extents import ExtentMap
+from fencevol.lease import LeaseTerms
+from fencevol.rpc import ConnectionClosed, FramedConnection
+
+from . import statefile
+from .delegations import REVOKING, Delegation, DelegationTable
+from .model import Volume, extent_map_wire
+from .storage import Disk, Group, group_from_disks
+
+log = logging.getLogger("vserver")
+
+DEFAULT_STATE_DIR = "/var/lib/fencevol"
+DEFAULT_PORT = 7745
+DEFAULT_LISTEN = ("127.0.0.1", DEFAULT_PORT)
+MAX_INFLIGHT_PER_CONNECTION = 64
+EXPIRY_TICK = 0.2
+
+
+@dataclass
+class Settings:
+    state_dir: str = DEFAULT_STATE_DIR
+    listen: tuple[str, int] = DEFAULT_LISTEN
+    key_file: str = ""                   # default: <state_dir>/cluster.key
+    lease: LeaseTerms = field(default_factory=LeaseTerms)
+    scan: list[str] = field(default_factory=list)
+    max_payload: int = wire.MAX_PAYLOAD
+
+    @property
+    def key_path(self) -> str:
+        return self.key_file or os.path.join(self.state_dir, "cluster.key")
+
+
+class Session:
+    """One authenticated connection."""
+
+    _ids = iter(range(1, 1 << 62))
+
+    def __init__(self, conn: FramedConnection, role: str, node: int | None, peer: str):
+        self.id = next(self._ids)
+        self.conn = conn
+        self.role = role
+        self.node = node
+        self.peer = peer
+        self.connected_at = time.time()
+        self.cancel_scope: trio.CancelScope | None = None
+
+    async def push(self, message: dict) -> bool:
+        try:
+            await self.conn.send(message)
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return False
+
+
+class VolumeServer:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.terms = settings.lease
+        self.table = DelegationTable(self.terms)
+        self.server_id = ""
+        self.key = b""
+        self.disks: dict[str, Disk] = {}          # disk id -> open disk
+        self.disk_errors: list[dict] = []         # known disks that could not be opened
+        self.groups: dict[str, Group] = {}
+        self.sessions: dict[int, Session] = {}    # node id -> session
+        self.admin_sessions: set[Session] = set()
+        self.config_lock = trio.Lock()
+        self.vol_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._persist_lock = trio.Lock()
+        self._changed = trio.Event()
+        self._maps: dict[str, ExtentMap] = {}
+        self.started_at = 0.0
+        self.listen_address = ""
+        self._lock_fd = -1
+
+    # -- start-up ------------------------------------------------------------------
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.settings.state_dir, "state.json")
+
+    @property
+    def deleg_path(self) -> str:
+        return os.path.join(self.settings.state_dir, "delegations.json")
+
+    def open_state(self) -> None:
+        """Lock the state directory, load the key, reopen known disks and groups,
+        restore delegations. Problems with single disks are logged and reported, not
+        fatal."""
+        sd = self.settings.state_dir
+        os.makedirs(sd, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(sd, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidArgument(f"another vserver is using state directory {sd}") from None
+        kp = self.settings.key_path
+        if os.path.exists(kp) or self.settings.key_file:
+            self.key = auth.load_key_file(kp)
+        else:
+            self.key = auth.create_key_file(kp)
+            log.info("created cluster key %s (copy it to every node, see docs/SECURITY.md)", kp)
+        state = statefile.read(self.state_path, default={}) or {}
+        self.server_id = state.get("server_id") or uuid.uuid4().hex
+        for rec in state.get("disks", []):
+            try:
+                disk = Disk.open(rec["path"])
+            except FencevolError as exc:
+                self.disk_errors.append({"id": rec["id"], "path": rec["path"], "error": str(exc)})
+                log.error("known disk %s: %s", rec["path"], exc)
+                continue
+            if disk.id != rec["id"]:
+                self.disk_errors.append({"id": rec["id"], "path": rec["path"],
+                                         "error": f"{rec['path']} now holds disk {disk.id or 'none'}"})
+                log.error("known disk %s at %s was replaced (found %s)", rec["id"], rec["path"],
+                          disk.id or "no label")
+                disk.close()
+                continue
+            if disk.problems:
+                log.error("%s", disk.describe_problems())
+            self.disks[disk.id] = disk
+        for name in state.get("groups", []):
+            members = [d for d in self.disks.values() if d.label and d.label.dg_name == name]
+            try:
+                group = group_from_disks(name, members)
+            except FencevolError as exc:
+                log.error("disk group %s not loaded: %s", name, exc)
+                continue
+            for p in group.problems():
+                log.error("disk group %s: %s", name, p)
+            self.groups[name] = group
+        now = trio.current_time()
+        self.table.restore(statefile.read(self.deleg_path, default=[]) or [], now)
+        if self.table.by_id:
+            log.info("restored %d delegation(s); grace period %.1fs for reclaims",
+                     len(self.table.by_id), self.terms.duration + self.terms.margin)
+        self.started_at = now
+        self.save_state()
+
+    def save_state(self) -> None:
+        statefile.write(self.state_path, {
+            "server_id": self.server_id,
+            "disks": [{"id": d.id, "path": d.path} for d in self.disks.values()]
+                     + [{"id": e["id"], "path": e["path"]} for e in self.disk_errors],
+            "groups": sorted(self.groups),
+        })
+
+    async def persist_delegations(self) -> None:
+        """Write the delegation table; called before a grant is acknowledged."""
+        async with self._persist_lock:
+            records = self.table.persistent_records()
+            await trio.to_thread.run_sync(statefile.write, self.deleg_path, records)
+
+    def close(self) -> None:
+        for d in self.disks.values():
+            d.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- change notification ----------------------------------------------------
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_change(self, until: float) -> None:
+        with trio.move_on_at(until):
+            await self._changed.wait()
+
+    async def expire_now(self) -> None:
+        gone = self.table.expire(trio.current_time())
+        if gone:
+            for d in gone:
+                log.info("delegation %s (%s, node %d, %s) %s", d.id, d.volume, d.node, d.mode,
+                         "dropped after revoke timeout" if d.state == REVOKING else "expired")
+            self.notify()
+            await self.persist_delegations()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_TICK)
+            await self.expire_now()
+
+    async def revoke(self, delegs: list[Delegation], reason: str) -> None:
+        """Ask holders to stop and wait until each acknowledged or can no longer be
+        valid (lease + margin). Afterwards none of ``delegs`` grants access (S2)."""
+        for d in delegs:
+            if d.id in self.table.by_id and d.state != "revoked":
+                self.table.begin_revoke(d, reason)
+                sess = self.sessions.get(d.node)
+                if sess is not None and d.connected:
+                    await sess.push({"push": "revoke", "delegation": d.id, "volume": d.volume,
+                                     "reason": reason})
+        while True:
+            pending = [d for d in delegs if self.table.by_id.get(d.id) is d and d.state == REVOKING]
+            if not pending:
+                return
+            await self.wait_change(self.table.next_deadline(pending))
+            await self.expire_now()
+
+    # -- lookups ------------------------------------------------------------------
+    def find_volume(self, spec: object) -> tuple[Group, Volume]:
+        if not isinstance(spec, str) or spec.count("/") != 1:
+            raise InvalidArgument(f"bad volume {spec!r}: expected DG/VOLUME")
+        dg, name = spec.split("/")
+        group = self.groups.get(dg)
+        if group is None:
+            raise NotFound(f"no disk group {dg}")
+        return group, group.config.volume(name)
+
+    def extent_map(self, group: Group, vol: Volume) -> ExtentMap:
+        key = f"{group.name}/{vol.name}"
+        m = self._maps.get(key)
+        if m is None:
+            m = self._maps[key] = ExtentMap(self.map_wire(group, vol))
+        return m
+
+    def map_wire(self, group: Group, vol: Volume) -> dict:
+        return extent_map_wire(group.config, vol, group.disk_paths())
+
+    def install_config(self, group: Group, cfg) -> None:
+        group.config = cfg
+        for key in [k for k in self._maps if k.startswith(group.name + "/")]:
+            del self._maps[key]
+
+    # -- network --------------------------------------------------------------------
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.settings.listen
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock = listeners[0].socket
+        bound = sock.getsockname()
+        self.listen_address = f"{bound[0]}:{bound[1]}"
+        info = os.path.join(self.settings.state_dir, "vserver.json")
+        with open(info + ".tmp", "w") as f:
+            json.dump({"pid": os.getpid(), "listen": self.listen_address,
+                       "key_file": self.settings.key_path, "server_id": self.server_id}, f)
+        os.replace(info + ".tmp", info)
+        log.info("serving on %s (state %s, lease %.1fs + margin %.1fs)", self.listen_address,
+                 self.settings.state_dir, self.terms.duration, self.terms.margin)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expiry_loop)
+                await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
+                task_status.started(self.listen_address)
+        finally:
+            try:
+                os.unlink(info)
+            except OSError:
+                pass
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            peer = "?"
+        conn = FramedConnection(stream, max_json=wire.PREAUTH_MAX_JSON, max_payload=0)
+        session = None
+        try:
+            with trio.fail_after(10):
+                session = await self._handshake(conn, peer)
+            conn.decoder.max_json = wire.MAX_JSON
+            conn.decoder.max_payload = self.settings.max_payload
+            await self._session_loop(session)
+        except trio.TooSlowError:
+            log.warning("connection from %s: handshake timed out", peer)
+        except ConnectionClosed:
+            pass
+        except ProtocolError as exc:
+            log.error("connection from %s closed: %s", peer, exc)
+            await self._send_error_quietly(conn, exc)
+        except AuthError as exc:
+            log.warning("connection from %s refused: %s", peer, exc)
+            await self._send_error_quietly(conn, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("connection from %s lost: %s", peer, exc)
+        except Exception:
+            log.exception("connection from %s failed", peer)
+        finally:
+            if session is not None:
+                self._end_session(session)
+            await conn.aclose()
+
+    async def _send_error_quietly(self, conn: FramedConnection, exc: FencevolError) -> None:
+        with trio.move_on_after(1):
+            try:
+                await conn.send({"ok": False, "error": exc.to_wire()})
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _handshake(self, conn: FramedConnection, peer: str) -> Session:
+        nonce = auth.new_nonce()
+        await conn.send({"hello": "fencevol-vserver", "protocol": wire.PROTOCOL_VERSION,
+                         "nonce": nonce, "version": fencevol.__version__})
+        msg, _ = await conn.receive()
+        if msg.get("op") != "auth":
+            raise ProtocolError("expected an auth request first")
+        if msg.get("protocol") != wire.PROTOCOL_VERSION:
+            raise ProtocolError(f"client speaks protocol {msg.get('protocol')!r}, "
+                                f"server {wire.PROTOCOL_VERSION}")
+        cnonce = msg.get("client_nonce")
+        if not isinstance(cnonce, str) or not 16 <= len(cnonce) <= 128:
+            raise ProtocolError("auth request without a valid client nonce")
+        if not auth.proofs_equal(msg.get("proof"), auth.client_proof(self.key, nonce, cnonce)):
+            raise AuthError("authentication failed: wrong cluster key")
+        role, node = msg.get("role"), msg.get("node_id")
+        if role not in ("admin", "node"):
+            raise ProtocolError(f"unknown role {role!r}")
+        if role == "node" and not (isinstance(node, int) and 1 <= node <= 65535):
+            raise ProtocolError("a node session needs a node_id between 1 and 65535")
+        session = Session(conn, role, node if role == "node" else None, peer)
+        await conn.send({"ok": True, "proof": auth.server_proof(self.key, nonce, cnonce),
+                         "server": {"id": self.server_id, "version": fencevol.__version__,
+                                    "lease": self.lease_terms_wire()}})
+        if role == "node":
+            old = self.sessions.get(node)
+            if old is not None:
+                log.warning("node %d reconnected from %s; closing its old session from %s",
+                            node, peer, old.peer)
+                self._end_session(old)
+                if old.cancel_scope:
+                    old.cancel_scope.cancel()
+            self.sessions[node] = session
+            log.info("node %d connected from %s", node, peer)
+        else:
+            self.admin_sessions.add(session)
+        return session
+
+    def lease_terms_wire(self) -> dict:
+        t = self.terms
+        return {"duration": t.duration, "guard": t.guard, "margin": t.margin,
+                "renew_interval": t.renew_interval}
+
+    def _end_session(self, session: Session) -> None:
+        if session.role == "node":
+            if self.sessions.get(session.node) is session:
+                del self.sessions[session.node]
+                log.info("node %d disconnected", session.node)
+            for d in self.table.of_node(session.node):
+                if d.session_id == session.id:
+                    d.connected = False
+            self.notify()
+        else:
+            self.admin_sessions.discard(session)
+
+    async def _session_loop(self, session: Session) -> None:
+        """Read requests and run each in its own task. When the reader stops
+        (EOF, garbage, replaced session) requests already running finish: a
+        configuration commit is never cut in half by a client going away."""
+        from .ops import dispatch
+        limiter = trio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as reader:
+                session.cancel_scope = reader
+                try:
+                    while True:
+                        msg, payload = await session.conn.receive()
+                        await limiter.acquire()
+                        nursery.start_soon(self._run_request, dispatch, session, msg, payload, limiter)
+                except (ConnectionClosed, ProtocolError, trio.BrokenResourceError,
+                        trio.ClosedResourceError, OSError) as exc:
+                    error = exc
+        if error is not None and not isinstance(error, ConnectionClosed):
+            raise error
+
+    async def _run_request(self, dispatch, session, msg, payload, limiter) -> None:
+        rid = msg.get("id")
+        try:
+            result, out = await dispatch(self, session, msg, payload)
+            reply = {"id": rid, "ok": True, "result": result}
+        except FencevolError as exc:
+            reply, out = {"id": rid, "ok": False, "error": exc.to_wire()}, b""
+        except Exception as exc:  # one bad request never takes the server down
+            log.exception("request %r from %s failed", msg.get("op"), session.peer)
+            reply, out = {"id": rid, "ok": False,
+                          "error": {"code": "internal", "message": f"internal error: {exc!r}"}}, b""
+        finally:
+            limiter.release()
+        try:
+            await session.conn.send(reply, out)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass

@@ -1,0 +1,257 @@
+"""Disks and disk groups as the server holds them (synchronous; the trio server
+calls the I/O parts from a worker thread).
+
+Invariants kept here:
+
+* a disk joins a group only if its label is valid and names no group;
+* a configuration change is computed first, validated, then written to every disk
+  of the group (generation g+1) before it is installed in memory or acknowledged;
+* bad input raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from fencevol.errors import (AlreadyExists, ChecksumError, InUse, InvalidArgument,
+                             NotFound)
+from fencevol.units import format_size
+
+from . import ondisk
+from .model import DiskRecord, GroupConfig, MetadataError, check_name
+
+log = logging.getLogger("vserver.storage")
+
+
+class Disk:
+    """An open disk: descriptor, label and the three private-region areas."""
+
+    def __init__(self, path: str, fd: int, size: int):
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.areas: dict[int, ondisk.AreaState] = {}
+        self.label: ondisk.Label | None = None
+        self.problems: list[str] = []
+        self.reload()
+
+    @classmethod
+    def open(cls, path: str) -> "Disk":
+        fd, size = ondisk.open_disk(path)
+        try:
+            return cls(path, fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def reload(self) -> None:
+        self.areas = {k: ondisk.read_area(self.fd, k) for k in (ondisk.LABEL, ondisk.PR, ondisk.CONFIG)}
+        self.problems = []
+        for area in self.areas.values():
+            self.problems += area.problems
+        self.label = None
+        lab = self.areas[ondisk.LABEL].json()
+        if lab is not None:
+            try:
+                self.label = ondisk.Label.from_json(lab)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.problems.append(f"label does not parse: {exc!r}")
+
+    @property
+    def id(self) -> str:
+        return self.label.disk_id if self.label else ""
+
+    @property
+    def name(self) -> str:
+        return self.label.name if self.label else os.path.basename(self.path)
+
+    def describe_problems(self) -> str:
+        return f"disk {self.name} ({self.path}): " + "; ".join(self.problems)
+
+    def check_writable(self) -> None:
+        if self.problems:
+            raise ChecksumError(self.describe_problems()
+                                + " -- metadata left untouched; see `vctl dg repair`")
+
+    def write_area(self, kind: int, payload: dict, generation: int | None = None) -> None:
+        self.areas[kind] = ondisk.write_area(self.fd, self.areas[kind], payload, generation)
+
+    def write_label(self, label: ondisk.Label) -> None:
+        self.write_area(ondisk.LABEL, label.to_json())
+        self.label = label
+
+    def group_config(self) -> GroupConfig | None:
+        """This disk's copy of its group's configuration (``None`` if it has none
+        for the group its label names)."""
+        data = self.areas[ondisk.CONFIG].json()
+        if data is None or not self.label or data.get("id") != self.label.dg_id:
+            return None
+        return GroupConfig.from_json(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Group:
+    config: GroupConfig
+    disks: dict[str, Disk]                        # disk id -> open disk
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def problems(self) -> list[str]:
+        out = [f"disk {m} is missing" for m in self.missing]
+        out += [d.describe_problems() for d in self.disks.values() if d.problems]
+        return out
+
+    def check_writable(self) -> None:
+        if self.missing:
+            raise InvalidArgument(
+                f"disk group {self.name} is missing disk(s) {', '.join(self.missing)}; "
+                "configuration changes are refused until they are back")
+        for d in self.disks.values():
+            d.check_writable()
+
+    def disk_paths(self) -> dict[str, str]:
+        return {i: d.path for i, d in self.disks.items()}
+
+
+def write_config(group: Group, new: GroupConfig) -> None:
+    """Write ``new`` (generation already bumped) to every disk of the group.
+
+    Each disk gets the copy in the slot not holding its newest valid one, then an
+    fdatasync; until the last disk is done the caller must not acknowledge."""
+    new.validate()
+    payload = new.to_json()
+    for rec in new.disks:
+        group.disks[rec.id].write_area(ondisk.CONFIG, payload, new.generation)
+
+
+def create_sparse_image(path: str, size: int) -> None:
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise NotFound(f"{path}: directory {parent} does not exist")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise AlreadyExists(f"{path} already exists") from None
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def scan_paths(patterns: list[str]) -> list[str]:
+    out: list[str] = []
+    for pat in patterns:
+        for p in sorted(glob.glob(pat)):
+            if p not in out and (os.path.isfile(p) or _is_block(p)):
+                out.append(os.path.realpath(p) if _is_block(p) else p)
+    return out
+
+
+def _is_block(p: str) -> bool:
+    import stat
+    try:
+        return stat.S_ISBLK(os.stat(p).st_mode)
+    except OSError:
+        return False
+
+
+def new_label(disk: Disk, name: str | None) -> ondisk.Label:
+    base = name or os.path.splitext(os.path.basename(disk.path))[0]
+    check_name(base, "disk")
+    return ondisk.Label(disk_id=uuid.uuid4().hex, name=base, size=disk.size,
+                        public_offset=ondisk.PRIVATE_SIZE, created=time.time())
+
+
+def init_disk(disk: Disk, name: str | None, force: bool) -> ondisk.Label:
+    """Write a fresh private region with a new label (no group)."""
+    if disk.size < ondisk.MIN_DISK_SIZE:
+        raise InvalidArgument(f"{disk.path}: {format_size(disk.size)} is too small "
+                              f"(at least {format_size(ondisk.MIN_DISK_SIZE)})")
+    if disk.label and disk.label.dg_id:
+        raise InUse(f"{disk.path} belongs to disk group {disk.label.dg_name} "
+                    f"(id {disk.label.dg_id}); remove it from the group first")
+    if disk.label and not force:
+        raise AlreadyExists(f"{disk.path} is already initialized as disk {disk.label.name} "
+                            f"({disk.label.disk_id}); use --force to re-initialize")
+    if disk.problems and not force:
+        raise ChecksumError(disk.describe_problems() + "; use --force to re-initialize")
+    label = new_label(disk, name)
+    ondisk.clear_private_region(disk.fd)
+    disk.reload()
+    disk.write_label(label)
+    return label
+
+
+def group_from_disks(name: str, disks: list[Disk]) -> Group:
+    """Assemble a group from disks whose labels name it: take the newest valid
+    configuration among their copies. Raises if none is usable or the disks
+    disagree about the group id."""
+    ids = {d.label.dg_id for d in disks if d.label}
+    if len(ids) > 1:
+        raise InvalidArgument(f"found disks of {len(ids)} different disk groups named {name} "
+                              f"({', '.join(sorted(ids))}); import by giving the paths of one")
+    best: GroupConfig | None = None
+    for d in disks:
+        try:
+            cfg = d.group_config()
+        except MetadataError as exc:
+            d.problems.append(f"configuration copy invalid: {exc}")
+            continue
+        if cfg and (best is None or cfg.generation > best.generation):
+            best = cfg
+    if best is None:
+        details = "; ".join(d.describe_problems() for d in disks if d.problems)
+        raise ChecksumError(f"no valid configuration copy for disk group {name}"
+                            + (f": {details}" if details else ""))
+    by_id = {d.id: d for d in disks}
+    group = Group(best, {}, [])
+    for rec in best.disks:
+        if rec.id in by_id:
+            group.disks[rec.id] = by_id[rec.id]
+        else:
+            group.missing.append(f"{rec.name} ({rec.id})")
+    return group
+
+
+def make_group_config(name: str, disks: list[Disk]) -> GroupConfig:
+    check_name(name, "disk group")
+    seen: dict[str, str] = {}
+    for d in disks:
+        if d.label is None:
+            raise InvalidArgument(f"{d.path} is not initialized; run `vctl disk init {d.path}`")
+        d.check_writable()
+        if d.label.dg_id:
+            raise InUse(f"disk {d.name} ({d.path}) already belongs to disk group {d.label.dg_name}")
+        if d.id in seen:
+            raise InvalidArgument(f"disk {d.path} given twice")
+        if d.name in seen.values():
+            raise InvalidArgument(f"two disks are named {d.name}; re-initialize one with --name")
+        seen[d.id] = d.name
+    start_gen = max(d.areas[ondisk.CONFIG].generation for d in disks) + 1
+    return GroupConfig(
+        id=uuid.uuid4().hex, name=name, generation=start_gen,
+        disks=[DiskRecord(d.id, d.name, d.size, d.label.public_offset) for d in disks])
+
+
+def join_disks(group: Group, cfg: GroupConfig) -> None:
+    """Write the new group's configuration, then the labels naming it. A crash in
+    between leaves labels without a group: the copies are ignored (id mismatch)."""
+    write_config(group, cfg)
+    for rec in cfg.disks:
+        d = group.disks[rec.id]
+        lab = d.label
+        d.write_label(ondisk.Label(lab.disk_id, lab.name, lab.size, lab.public_offset,
+                                   cfg.id, cfg.name, lab.created))

@@ -1,0 +1,316 @@
+"""``vctl``: administer a volume server (disks, disk groups, volumes, status)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import trio
+
+from fencevol import auth
+from fencevol.cli import print_json, print_table, run_main
+from fencevol.rpc import open_client, parse_address
+from fencevol.units import format_size, parse_size
+
+from .server import DEFAULT_PORT, DEFAULT_STATE_DIR
+
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_KEY = os.path.join(DEFAULT_STATE_DIR, "cluster.key")
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vctl", description="Administer a fencevol volume server.",
+        epilog="Environment: FENCEVOL_SERVER, FENCEVOL_KEY_FILE give defaults for "
+               "--server and --key-file.")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   default=os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER),
+                   help=f"volume server (default {DEFAULT_SERVER})")
+    p.add_argument("--key-file", metavar="FILE",
+                   default=os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
+                   help=f"cluster key file (default {DEFAULT_KEY})")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up on the server after this long (default 30)")
+    _json_flag(p)
+    sub = p.add_subparsers(dest="area", required=True, metavar="COMMAND")
+
+    def cmd(parent, name, help_, fn):
+        c = parent.add_parser(name, help=help_, description=help_)
+        _json_flag(c)
+        c.set_defaults(fn=fn)
+        return c
+
+    cmd(sub, "status", "server, disks, groups, attachments with lease state", cmd_status)
+
+    disk = sub.add_parser("disk", help="initialize and list disks").add_subparsers(
+        dest="verb", required=True, metavar="VERB")
+    c = cmd(disk, "init", "write a fencevol private region on a disk image or block device",
+            cmd_disk_init)
+    c.add_argument("path", metavar="PATH")
+    c.add_argument("--size", metavar="SIZE", help="create a sparse image of this size if PATH does not exist")
+    c.add_argument("--name", help="disk name (default: file name without extension)")
+    c.add_argument("--force", action="store_true", help="re-initialize a disk that is in no group")
+    cmd(disk, "list", "list known disks", cmd_disk_list)
+
+    dg = sub.add_parser("dg", help="disk groups").add_subparsers(dest="verb", required=True, metavar="VERB")
+    c = cmd(dg, "create", "create a disk group from initialized disks", cmd_dg_create)
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("disks", nargs="+", metavar="DISK", help="path, name or id of a disk")
+    cmd(dg, "list", "list disk groups", cmd_dg_list)
+    c = cmd(dg, "import", "import a disk group from its disks alone", cmd_dg_import)
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("paths", nargs="*", metavar="PATH", help="disk paths (default: scan)")
+    c.add_argument("--scan", action="append", metavar="GLOB", help="where to look for disks")
+    c = cmd(dg, "repair", "rewrite damaged metadata copies from the newest valid configuration",
+            cmd_dg_repair)
+    c.add_argument("name", metavar="NAME")
+
+    vol = sub.add_parser("vol", help="volumes").add_subparsers(dest="verb", required=True, metavar="VERB")
+    c = cmd(vol, "create", "create a volume", cmd_vol_create)
+    c.add_argument("dg", metavar="DG")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("size", metavar="SIZE", help="e.g. 64M, 1G")
+    c.add_argument("--layout", choices=["concat", "stripe", "mirror"], default="concat")
+    c.add_argument("--columns", type=int, metavar="N", help="stripe columns (default 2)")
+    c.add_argument("--mirrors", type=int, metavar="N", help="mirror plexes (default 2)")
+    c.add_argument("--stripe-unit", metavar="SIZE", help="stripe unit (default 64K)")
+    c.add_argument("--max-subdisk", metavar="SIZE",
+                   help="cap subdisk size (more, smaller extents)")
+    c = cmd(vol, "list", "list volumes", cmd_vol_list)
+    c.add_argument("dg", nargs="?", metavar="DG")
+    c = cmd(vol, "show", "show a volume and its extent map", cmd_vol_show)
+    c.add_argument("volume", metavar="DG/NAME")
+    c = cmd(vol, "resize", "grow (live) or shrink (detached only) a volume", cmd_vol_resize)
+    c.add_argument("volume", metavar="DG/NAME")
+    c.add_argument("size", metavar="SIZE")
+    c = cmd(vol, "remove", "remove a detached volume", cmd_vol_remove)
+    c.add_argument("volume", metavar="DG/NAME")
+    return p
+
+
+async def _call(args, op: str, req: dict | None = None) -> dict:
+    key = auth.load_key_file(args.key_file)
+    address = parse_address(args.server, DEFAULT_PORT)
+    from fencevol.errors import Unavailable
+    try:
+        with trio.fail_after(args.timeout):
+            async with open_client(address, key, "admin") as client:
+                result, _ = await client.call(op, req or {})
+                return result
+    except trio.TooSlowError:
+        raise Unavailable(f"server {args.server} did not answer within {args.timeout:g}s") from None
+
+
+def call(args, op: str, req: dict | None = None) -> dict:
+    return trio.run(_call, args, op, req)
+
+
+def _problems(items) -> None:
+    for it in items:
+        for p in it.get("problems", []):
+            print(f"  ! {it.get('name') or it.get('path')}: {p}")
+
+
+# --- commands ---------------------------------------------------------------------------
+def cmd_status(args) -> None:
+    st = call(args, "status")
+    if args.json:
+        return print_json(st)
+    s = st["server"]
+    print(f"server {s['listen']}  id {s['id'][:12]}  pid {s['pid']}  up {s['uptime']:.0f}s  "
+          f"state {s['state_dir']}")
+    lease = s["lease"]
+    print(f"lease {lease['duration']:g}s + margin {lease['margin']:g}s"
+          + (f"  grace {s['grace_remaining']:.1f}s left" if s["grace_remaining"] > 0 else ""))
+    print()
+    _print_disks(st["disks"])
+    print()
+    _print_groups(st["groups"])
+    print()
+    if st["attachments"]:
+        print_table([(a["volume"], a["node"], a["mode"], a["state"],
+                      "yes" if a["connected"] else "no", f"{a['lease_remaining']:.1f}s")
+                     for a in st["attachments"]],
+                    ["VOLUME", "NODE", "MODE", "STATE", "CONNECTED", "LEASE LEFT"])
+    else:
+        print("no attachments")
+    if st["nodes"]:
+        print()
+        print_table([(n["node"], n["peer"]) for n in st["nodes"]], ["NODE", "PEER"])
+
+
+def _print_disks(disks) -> None:
+    if not disks:
+        print("no disks")
+        return
+    print_table([(d["name"], format_size(d["size"]) if "size" in d else "-",
+                  format_size(d["free"]) if "free" in d else "-", d.get("group") or "-",
+                  d["state"], d["path"]) for d in disks],
+                ["DISK", "SIZE", "FREE", "GROUP", "STATE", "PATH"])
+    _problems(disks)
+
+
+def _print_groups(groups) -> None:
+    if not groups:
+        print("no disk groups")
+        return
+    print_table([(g["name"], len(g["disks"]), g["volumes"], format_size(g["size"]),
+                  format_size(g["free"]), g["generation"], g["state"]) for g in groups],
+                ["GROUP", "DISKS", "VOLUMES", "SIZE", "FREE", "GEN", "STATE"])
+    _problems(groups)
+
+
+def cmd_disk_init(args) -> None:
+    req = {"path": os.path.abspath(args.path), "force": args.force}
+    if args.size:
+        req["size"] = parse_size(args.size, align=1 << 20, what="disk size")
+    if args.name:
+        req["name"] = args.name
+    d = call(args, "disk_init", req)
+    if args.json:
+        return print_json(d)
+    print(f"initialized disk {d['name']} ({d['id']}) at {d['path']}: "
+          f"{format_size(d['public_size'])} usable")
+
+
+def cmd_disk_list(args) -> None:
+    disks = call(args, "disk_list")["disks"]
+    if args.json:
+        return print_json(disks)
+    _print_disks(disks)
+
+
+def _disk_ref(ref: str) -> str:
+    return os.path.abspath(ref) if ("/" in ref or os.path.exists(ref)) else ref
+
+
+def cmd_dg_create(args) -> None:
+    g = call(args, "dg_create", {"name": args.name, "disks": [_disk_ref(d) for d in args.disks]})
+    if args.json:
+        return print_json(g)
+    print(f"created disk group {g['name']} ({g['id']}) on {', '.join(g['disks'])}: "
+          f"{format_size(g['free'])} free")
+
+
+def cmd_dg_list(args) -> None:
+    groups = call(args, "dg_list")["groups"]
+    if args.json:
+        return print_json(groups)
+    _print_groups(groups)
+
+
+def cmd_dg_import(args) -> None:
+    g = call(args, "dg_import", {"name": args.name, "paths": [os.path.abspath(p) for p in args.paths],
+                                 "scan": args.scan or []})
+    if args.json:
+        return print_json(g)
+    print(f"imported disk group {g['name']} ({g['id']}, generation {g['generation']}): "
+          f"{len(g['disks'])} disks, {g['volumes']} volumes")
+    _problems([g])
+
+
+def cmd_dg_repair(args) -> None:
+    r = call(args, "dg_repair", {"name": args.name})
+    if args.json:
+        return print_json(r)
+    print("repaired: " + (", ".join(r["repaired"]) or "nothing was damaged; copies rewritten"))
+
+
+def cmd_vol_create(args) -> None:
+    req = {"dg": args.dg, "name": args.name, "size": parse_size(args.size, what="volume size"),
+           "layout": args.layout}
+    if args.columns is not None:
+        req["columns"] = args.columns
+    if args.mirrors is not None:
+        req["mirrors"] = args.mirrors
+    if args.stripe_unit:
+        req["stripe_unit"] = parse_size(args.stripe_unit, align=4096, what="stripe unit")
+    if args.max_subdisk:
+        req["max_subdisk"] = parse_size(args.max_subdisk, align=1, what="subdisk size")
+    v = call(args, "vol_create", req)
+    if args.json:
+        return print_json(v)
+    print(f"created volume {v['name']}: {format_size(v['size'])} {_layout_text(v)}, "
+          f"{v['extents']} subdisk(s)")
+
+
+def _layout_text(v: dict) -> str:
+    if v["layout"] == "stripe":
+        return f"stripe ({v['columns']} columns, unit {format_size(v['stripe_unit'])})"
+    if v["layout"] == "mirror":
+        return f"mirror ({v['mirrors']} plexes)"
+    return v["layout"]
+
+
+def _attached_text(v: dict) -> str:
+    return ", ".join(f"{a['node']}:{a['mode']}" + ("" if a["state"] == "active" else f"({a['state']})")
+                     for a in v["attached"]) or "-"
+
+
+def cmd_vol_list(args) -> None:
+    vols = call(args, "vol_list", {"dg": args.dg} if args.dg else {})["volumes"]
+    if args.json:
+        return print_json(vols)
+    if not vols:
+        print("no volumes")
+        return
+    print_table([(v["name"], format_size(v["size"]), _layout_text(v), v["kind"], v["extents"],
+                  _attached_text(v)) for v in vols],
+                ["VOLUME", "SIZE", "LAYOUT", "KIND", "EXTENTS", "ATTACHED (NODE:MODE)"])
+
+
+def cmd_vol_show(args) -> None:
+    v = call(args, "vol_show", {"volume": args.volume})
+    if args.json:
+        return print_json(v)
+    _print_volume(v)
+
+
+def _print_volume(v: dict) -> None:
+    print(f"volume {v['name']}  id {v['id']}")
+    print(f"  size {format_size(v['size'])} ({v['size']} bytes)  layout {_layout_text(v)}  kind {v['kind']}")
+    print(f"  attached: {_attached_text(v)}")
+    rows = []
+    for p in v["plexes"]:
+        for c in p["columns"]:
+            for sd in c["subdisks"]:
+                rows.append((p["plex"], c["column"], sd["column_offset"], sd["length"], sd["disk"],
+                             sd["disk_offset"], sd["path"]))
+    print()
+    print_table(rows, ["PLEX", "COL", "COL_OFFSET", "LENGTH", "DISK", "DISK_OFFSET", "PATH"])
+
+
+def cmd_vol_resize(args) -> None:
+    t0 = time.monotonic()
+    v = call(args, "vol_resize", {"volume": args.volume,
+                                  "size": parse_size(args.size, what="volume size")})
+    if args.json:
+        return print_json(v)
+    print(f"resized {v['name']} to {format_size(v['size'])} in {time.monotonic() - t0:.2f}s")
+
+
+def cmd_vol_remove(args) -> None:
+    r = call(args, "vol_remove", {"volume": args.volume})
+    if args.json:
+        return print_json(r)
+    print(f"removed volume {r['removed']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    def _main() -> int:
+        args = build_parser().parse_args(argv)
+        if not hasattr(args, "json"):
+            args.json = False
+        args.fn(args)
+        return 0
+    run_main("vctl", _main)
+
+
+if __name__ == "__main__":
+    main()
