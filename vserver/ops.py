@@ -18,7 +18,7 @@ from fencevol.errors import (AlreadyExists, Conflict, InUse, InvalidArgument, No
 from fencevol.units import format_size, parse_size
 
 from . import allocator, ondisk, storage
-from .delegations import ACTIVE, Delegation
+from .delegations import ACTIVE, RESTORED, Delegation
 from .model import GroupConfig, Volume
 from .server import Session, VolumeServer
 from .storage import Disk, Group
@@ -129,7 +129,8 @@ def _volume_info(srv: VolumeServer, g: Group, v: Volume, detail: bool = False) -
 @op("status")
 async def op_status(srv: VolumeServer, sess, args, payload):
     now = trio.current_time()
-    grace_left = srv.started_at + srv.terms.duration + srv.terms.margin - now
+    restored = [d for d in srv.table.by_id.values() if d.state == RESTORED]
+    grace_left = srv.table.next_deadline(restored) - now if restored else 0.0
     return {
         "server": {"id": srv.server_id, "listen": srv.listen_address,
                    "state_dir": srv.settings.state_dir, "pid": os.getpid(),

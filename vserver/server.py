@@ -259,6 +259,7 @@ class VolumeServer:
         os.replace(info + ".tmp", info)
         log.info("serving on %s (state %s, lease %.1fs + margin %.1fs)", self.listen_address,
                  self.settings.state_dir, self.terms.duration, self.terms.margin)
+        print(f"vserver listening on {self.listen_address}", flush=True)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._expiry_loop)
