@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 from contextlib import asynccontextmanager
-from typing import Awaitable, Callable
+from typing import Callable
 
 import trio
 
@@ -98,14 +98,15 @@ class RpcClient:
     """Pipelined requests over one authenticated connection.
 
     ``call`` may be used from many tasks at once; responses are matched by id.
-    Pushes go to ``on_push(message, payload)``, each started in the client's
-    nursery so a push handler may itself make calls. When the connection ends,
-    every pending and later ``call`` raises ``Unavailable``."""
+    Pushes go to ``on_push(message, payload)``, a plain function called by the
+    reader in stream order (so a push is handled before any response that follows
+    it); it may start tasks that make calls. When the connection ends, every
+    pending and later ``call`` raises ``Unavailable``."""
 
     def __init__(self, conn: FramedConnection, hello: dict):
         self.conn = conn
         self.hello = hello
-        self.on_push: Callable[[dict, bytes], Awaitable[None]] | None = None
+        self.on_push: Callable[[dict, bytes], None] | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, list] = {}
         self._closed: BaseException | None = None
@@ -115,14 +116,14 @@ class RpcClient:
     def is_closed(self) -> bool:
         return self._closed is not None
 
-    async def run(self, nursery: trio.Nursery) -> None:
+    async def run(self) -> None:
         """Read frames until the connection ends."""
         try:
             while True:
                 msg, payload = await self.conn.receive()
                 if "push" in msg:
                     if self.on_push is not None:
-                        nursery.start_soon(self.on_push, msg, payload)
+                        self.on_push(msg, payload)
                     continue
                 slot = self._pending.pop(msg.get("id"), None)
                 if slot is None:
@@ -229,7 +230,7 @@ async def open_client(address: tuple[str, int], key: bytes, role: str = "admin",
     raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.run, nursery)
+            nursery.start_soon(client.run)
             try:
                 yield client
             except BaseException as exc:

@@ -13,11 +13,13 @@ import time
 import trio
 
 from fencevol import modes
-from fencevol.errors import (AlreadyExists, Conflict, InUse, InvalidArgument, NoSpace,
-                             NotFound, ProtocolError, Revoked)
+from fencevol.errors import (AlreadyExists, Conflict, InUse, InvalidArgument, IOFailure,
+                             NoSpace, NotFound, ProtocolError, Revoked)
 from fencevol.units import format_size, parse_size
 
-from . import allocator, ondisk, storage
+from fencevol import ondisk
+
+from . import allocator, storage
 from .delegations import ACTIVE, RESTORED, Delegation
 from .model import GroupConfig, Volume
 from .server import Session, VolumeServer
@@ -558,7 +560,10 @@ async def op_renew(srv: VolumeServer, sess: Session, args, payload):
             srv.table.renew(i, sess.node, now, sess.id)
             results[i] = {"ok": True}
         except Revoked as exc:
-            results[i] = {"ok": False, "error": exc.to_wire()}
+            d = srv.table.by_id.get(i)
+            state = "unknown" if d is None or d.node != sess.node else (
+                d.state if d.state in ("revoking", "revoked") else "expired")
+            results[i] = {"ok": False, "state": state, "error": exc.to_wire()}
     return {"results": results, "lease": srv.lease_terms_wire()}, b""
 
 
@@ -600,6 +605,17 @@ def _io_target(srv: VolumeServer, sess: Session, args: dict, write: bool):
     return group, vol, srv.extent_map(group, vol), offset
 
 
+def _plexes(emap, args: dict):
+    """All plexes, or only ``args["plex"]`` (a client sending the segments it cannot
+    reach itself)."""
+    p = args.get("plex")
+    if p is None:
+        return emap.plexes
+    if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < len(emap.plexes):
+        raise InvalidArgument(f"plex must be 0-{len(emap.plexes) - 1}")
+    return [emap.plexes[p]]
+
+
 @op("read", role="node")
 async def op_read(srv: VolumeServer, sess: Session, args, payload):
     group, vol, emap, offset = _io_target(srv, sess, args, write=False)
@@ -610,10 +626,9 @@ async def op_read(srv: VolumeServer, sess: Session, args, payload):
     buf = bytearray(length)
     view = memoryview(buf)
     fds = [group.disks[ref.id].fd for ref in emap.disks]
-    for disk, doff, boff, n in emap.plexes[0].segments(offset, length):
-        got = os.preadv(fds[disk], [view[boff:boff + n]], doff)
-        if got != n:
-            raise NoSpace("short read from backing disk")
+    for disk, doff, boff, n in _plexes(emap, args)[0].segments(offset, length):
+        if os.preadv(fds[disk], [view[boff:boff + n]], doff) != n:
+            raise IOFailure(f"short read from disk {emap.disks[disk].name}")
     return {"length": length}, bytes(buf)
 
 
@@ -624,7 +639,7 @@ async def op_write(srv: VolumeServer, sess: Session, args, payload):
         raise NoSpace(f"write past the end of {vol.name} ({vol.size} bytes)")
     fds = [group.disks[ref.id].fd for ref in emap.disks]
     view = memoryview(payload)
-    for plex in emap.plexes:
+    for plex in _plexes(emap, args):
         for disk, doff, boff, n in plex.segments(offset, len(payload)):
             os.pwrite(fds[disk], view[boff:boff + n], doff)
     if args.get("sync"):

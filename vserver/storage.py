@@ -22,7 +22,7 @@ from fencevol.errors import (AlreadyExists, ChecksumError, InUse, InvalidArgumen
                              NotFound)
 from fencevol.units import format_size
 
-from . import ondisk
+from fencevol import ondisk
 from .model import DiskRecord, GroupConfig, MetadataError, check_name
 
 log = logging.getLogger("vserver.storage")

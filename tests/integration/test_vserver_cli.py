@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from procs import Server, vctl, vctl_json
-from vserver import ondisk
+from fencevol import ondisk
 
 pytestmark = pytest.mark.integration
 

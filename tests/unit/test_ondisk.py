@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fencevol.errors import ChecksumError
-from vserver import ondisk
+from fencevol import ondisk
 from vserver.model import DiskRecord, GroupConfig, MetadataError, Subdisk, Volume
 
 

@@ -1,0 +1,1 @@
+"""fencevol volume client: server link, attached volumes, fence gate, node daemon."""

@@ -1,0 +1,98 @@
+"""Backing disks as a client sees them: one descriptor per disk, opened once and
+shared by every attached volume, or "remote" when the client has no usable path."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from fencevol import ondisk
+from fencevol.extents import DiskRef
+
+log = logging.getLogger("vclient.disks")
+
+REMOTE = -1
+
+
+@dataclass
+class DiskAccess:
+    id: str
+    name: str
+    path: str
+    fd: int = REMOTE
+    reason: str = ""          # why it is remote
+    failed: str = ""          # first I/O error seen (logged once)
+
+    @property
+    def local(self) -> bool:
+        return self.fd >= 0
+
+    def describe(self) -> dict:
+        return {"id": self.id, "name": self.name, "path": self.path,
+                "access": "local" if self.local else "remote", "reason": self.reason,
+                "error": self.failed}
+
+
+class BackingDisks:
+    """Opens backing disks on first use; ``overrides`` maps a disk id or name to a
+    path that replaces the one the server knows."""
+
+    def __init__(self, overrides: dict[str, str] | None = None, force_remote: set[str] | None = None):
+        self.overrides = overrides or {}
+        self.force_remote = force_remote or set()
+        self.disks: dict[str, DiskAccess] = {}
+
+    def get(self, ref: DiskRef) -> DiskAccess:
+        d = self.disks.get(ref.id)
+        if d is None:
+            d = self.disks[ref.id] = self._open(ref)
+        return d
+
+    def _open(self, ref: DiskRef) -> DiskAccess:
+        path = self.overrides.get(ref.id) or self.overrides.get(ref.name) or ref.path
+        acc = DiskAccess(ref.id, ref.name, path)
+        if ref.id in self.force_remote or ref.name in self.force_remote:
+            acc.reason = "configured remote"
+        elif not path:
+            acc.reason = "server gave no path"
+        else:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                acc.reason = f"cannot open {path}: {exc.strerror}"
+            else:
+                found = self._label_id(fd)
+                if found == ref.id:
+                    acc.fd = fd
+                else:
+                    os.close(fd)
+                    acc.reason = f"{path} holds disk {found or 'without a valid label'}, not {ref.id}"
+        if acc.local:
+            log.info("disk %s: local at %s", ref.name, path)
+        else:
+            log.warning("disk %s: using remote I/O through the server (%s)", ref.name, acc.reason)
+        return acc
+
+    @staticmethod
+    def _label_id(fd: int) -> str:
+        try:
+            area = ondisk.read_area(fd, ondisk.LABEL)
+            lab = area.json()
+            return str(lab["disk_id"]) if lab else ""
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+    def io_error(self, acc: DiskAccess, exc: BaseException) -> None:
+        """Record an I/O error on a disk; log only the first one."""
+        if not acc.failed:
+            acc.failed = str(exc)
+            log.error("disk %s (%s): I/O error: %s -- affected extents return EIO", acc.name,
+                      acc.path, exc)
+
+    def close(self) -> None:
+        for d in self.disks.values():
+            if d.fd >= 0:
+                os.close(d.fd)
+                d.fd = REMOTE
+        self.disks.clear()

@@ -1,0 +1,166 @@
+"""The fence gate: one per attached volume, passed by every write (and, while the
+map is being changed, every read).
+
+States:
+
+* ``open``   -- writes pass while the lease is valid: strictly before
+                ``deadline`` on the client's monotonic clock (the server's lease
+                minus the guard interval, counted from when the request was sent);
+* ``paused`` -- the delegation was revoked for a reconfiguration: reads and writes
+                wait (up to ``pause_timeout``) for the new map;
+* ``fenced`` -- the node was ejected or its registration preempted: writes fail at
+                once, reads are served; sticky until ``unfence`` (rejoin).
+
+An ``open`` gate whose deadline has passed (server unreachable, node stopped) is
+reported as paused for ``lease``: writes wait for a renewal, up to
+``pause_timeout``, then fail; reads still work.
+
+The hot path is ``writable()`` -- an attribute check and a clock read."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import trio
+
+from fencevol.errors import Fenced, IOFailure
+
+OPEN, PAUSED, FENCED, CLOSED = "open", "paused", "fenced", "closed"
+
+
+class FenceGate:
+    __slots__ = ("state", "reason", "deadline", "pause_timeout", "clock", "inflight",
+                 "writes_rejected", "reads_rejected", "pauses", "renewals", "fences",
+                 "_changed", "_drained", "_lease_lapsed")
+
+    def __init__(self, pause_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.state = OPEN
+        self.reason = ""
+        self.deadline = 0.0
+        self.pause_timeout = pause_timeout
+        self.clock = clock
+        self.inflight = 0
+        self.writes_rejected = 0
+        self.reads_rejected = 0
+        self.pauses = 0
+        self.renewals = 0
+        self.fences = 0
+        self._changed = trio.Event()
+        self._drained: trio.Event | None = None
+        self._lease_lapsed = False
+
+    # -- hot path ---------------------------------------------------------------------
+    def writable(self) -> bool:
+        return self.state is OPEN and self.clock() < self.deadline
+
+    def readable(self) -> bool:
+        return self.state is not PAUSED and self.state is not CLOSED
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._drained is not None:
+            self._drained.set()
+
+    # -- slow path -----------------------------------------------------------------------
+    async def wait_writable(self) -> None:
+        """Return once a write may start; raise ``Fenced`` (at once) or
+        ``IOFailure`` (after ``pause_timeout``)."""
+        give_up = self.clock() + self.pause_timeout
+        while True:
+            if self.state is FENCED:
+                self.writes_rejected += 1
+                raise Fenced(f"node is fenced ({self.reason}); writes are refused")
+            if self.state is CLOSED:
+                self.writes_rejected += 1
+                raise IOFailure("volume is detached")
+            if self.state is OPEN:
+                now = self.clock()
+                if now < self.deadline:
+                    return
+                if not self._lease_lapsed:
+                    self._lease_lapsed = True
+                    self.pauses += 1
+            left = give_up - self.clock()
+            if left <= 0:
+                self.writes_rejected += 1
+                raise IOFailure(f"writes paused for more than {self.pause_timeout:g}s "
+                                f"({self.describe()['reason']})")
+            with trio.move_on_after(left):
+                await self._changed.wait()
+
+    async def wait_readable(self) -> None:
+        give_up = self.clock() + self.pause_timeout
+        while not self.readable():
+            if self.state is CLOSED:
+                self.reads_rejected += 1
+                raise IOFailure("volume is detached")
+            left = give_up - self.clock()
+            if left <= 0:
+                self.reads_rejected += 1
+                raise IOFailure(f"reads paused for more than {self.pause_timeout:g}s ({self.reason})")
+            with trio.move_on_after(left):
+                await self._changed.wait()
+
+    async def drain(self) -> None:
+        """Wait until no write that passed the gate is still in flight."""
+        while self.inflight:
+            self._drained = trio.Event()
+            await self._drained.wait()
+        self._drained = None
+
+    # -- transitions ---------------------------------------------------------------------
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def renewed(self, deadline: float) -> None:
+        """The server renewed (or granted, or reinstated) the delegation."""
+        self.renewals += 1
+        if deadline > self.deadline:
+            self.deadline = deadline
+        if self.state is PAUSED:
+            self.state, self.reason = OPEN, ""
+        self._lease_lapsed = False
+        self._notify()
+
+    def pause(self, reason: str) -> None:
+        if self.state is OPEN:
+            self.state, self.reason = PAUSED, reason
+            self.pauses += 1
+            self._notify()
+
+    def expire(self) -> None:
+        """The server says the lease is gone: no writes until a new grant."""
+        self.deadline = 0.0
+        self._notify()
+
+    def fence(self, reason: str) -> None:
+        if self.state is not FENCED:
+            self.fences += 1
+        self.state, self.reason = FENCED, reason
+        self.deadline = 0.0
+        self._notify()
+
+    def unfence(self) -> None:
+        if self.state is FENCED:
+            self.state, self.reason = OPEN, ""
+            self._notify()
+
+    def close(self) -> None:
+        self.state, self.reason, self.deadline = CLOSED, "detached", 0.0
+        self._notify()
+
+    def describe(self) -> dict:
+        now = self.clock()
+        state, reason = self.state, self.reason
+        if state is OPEN and now >= self.deadline:
+            state, reason = PAUSED, "lease expired (server unreachable or renewal refused)"
+        return {"state": state, "reason": reason,
+                "lease_remaining": round(max(0.0, self.deadline - now), 3),
+                "writes_rejected": self.writes_rejected, "reads_rejected": self.reads_rejected,
+                "pauses": self.pauses, "renewals": self.renewals, "fences": self.fences,
+                "inflight_writes": self.inflight}

@@ -1,0 +1,87 @@
+"""The node's connection to the volume server: connect with backoff, reconnect,
+and pipelined calls. While disconnected every call raises ``Unavailable``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Awaitable, Callable
+
+import trio
+
+from fencevol import rpc
+from fencevol.errors import AuthError, ProtocolError, Unavailable
+
+log = logging.getLogger("vclient.link")
+
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+
+
+class ServerLink:
+    def __init__(self, address: tuple[str, int], key: bytes, node_id: int,
+                 on_push: Callable[[dict, bytes], None],
+                 on_connect: Callable[[], Awaitable[None]]):
+        self.address = address
+        self.key = key
+        self.node_id = node_id
+        self.on_push = on_push
+        self.on_connect = on_connect
+        self.client: rpc.RpcClient | None = None
+        self.server_info: dict = {}
+        self.connects = 0
+        self.last_error = ""
+        self.connected_since = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and not self.client.is_closed
+
+    @property
+    def where(self) -> str:
+        return "%s:%d" % self.address
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection up. ``task_status.started()`` fires after the first
+        successful connect (and ``on_connect``). A wrong cluster key is fatal."""
+        backoff, started, failures = BACKOFF_MIN, False, 0
+        while True:
+            try:
+                client = await rpc.connect(self.address, self.key, "node", self.node_id, timeout=5)
+            except AuthError:
+                raise
+            except (Unavailable, ProtocolError) as exc:
+                failures += 1
+                self.last_error = str(exc)
+                level = logging.WARNING if failures == 1 or backoff >= BACKOFF_MAX else logging.DEBUG
+                log.log(level, "server %s unreachable (%s); retrying in %.1fs", self.where, exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff, failures = BACKOFF_MIN, 0
+            self.connects += 1
+            self.server_info = client.hello.get("server", {})
+            client.on_push = self.on_push
+            self.client = client
+            self.connected_since = trio.current_time()
+            log.info("connected to server %s", self.where)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.run)
+                try:
+                    await self.on_connect()
+                except Unavailable as exc:
+                    log.warning("reclaim after connect failed: %s", exc)
+                if not started:
+                    started = True
+                    task_status.started()
+                await client.closed_event.wait()
+                nursery.cancel_scope.cancel()
+            self.client = None
+            await client.aclose()
+            log.warning("lost connection to server %s; reconnecting", self.where)
+
+    async def call(self, op: str, args: dict | None = None, payload: bytes = b"",
+                   timeout: float = math.inf) -> tuple[dict, bytes]:
+        client = self.client
+        if client is None or client.is_closed:
+            raise Unavailable(f"not connected to server {self.where}")
+        return await client.call(op, args, payload, timeout)

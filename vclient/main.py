@@ -1,0 +1,162 @@
+"""``vclient``: the node agent (``run``) and its local commands."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+import trio
+
+from fencevol.cli import print_json, print_table, run_main, setup_logging
+from fencevol.errors import InvalidArgument
+from fencevol.modes import parse_mode
+from fencevol.rpc import parse_address
+from fencevol.units import format_size
+
+from . import control
+from .node import Node, NodeOptions
+
+DEFAULT_SERVER = "127.0.0.1:7745"
+DEFAULT_KEY = "/var/lib/fencevol/cluster.key"
+
+
+def _volume_spec(text: str) -> tuple[str, str]:
+    name, _, mode = text.partition(":")
+    if name.count("/") != 1:
+        raise argparse.ArgumentTypeError(f"bad volume {text!r}: expected DG/VOL[:MODE]")
+    try:
+        return name, parse_mode(mode or "rw")
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _disk_path(text: str) -> tuple[str, str]:
+    disk, sep, path = text.partition("=")
+    if not sep or not disk or not path:
+        raise argparse.ArgumentTypeError(f"bad --disk-path {text!r}: expected DISK=PATH")
+    return disk, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vclient", description="fencevol volume client (node agent)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the node agent in the foreground",
+                       description="Connect to the volume server, attach volumes and mount them "
+                       "as files MOUNT/DG/VOL. SIGTERM/SIGINT unmount cleanly.")
+    r.add_argument("--node-id", type=int, required=True, metavar="N", help="this node's id (1-65535)")
+    r.add_argument("--server", metavar="HOST:PORT",
+                   default=os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER),
+                   help=f"volume server (default {DEFAULT_SERVER})")
+    r.add_argument("--key-file", metavar="FILE",
+                   default=os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
+                   help=f"cluster key (default {DEFAULT_KEY})")
+    r.add_argument("--mount", required=True, metavar="DIR", help="mount point")
+    r.add_argument("--attach", action="append", default=[], type=_volume_spec,
+                   metavar="DG/VOL[:MODE]", help="attach at start (repeatable; MODE rw|ro|ew|ex)")
+    r.add_argument("--pause-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long paused I/O waits before failing with EIO (default 30)")
+    r.add_argument("--control", metavar="PATH",
+                   help="control socket (default /run/fencevol/vclient-N.sock)")
+    r.add_argument("--disk-path", action="append", default=[], type=_disk_path, metavar="DISK=PATH",
+                   help="open disk DISK (id or name) at PATH instead of the server's path")
+    r.add_argument("--remote-disk", action="append", default=[], metavar="DISK",
+                   help="reach DISK (id or name) only through the server's remote I/O")
+    r.add_argument("--max-tasks", type=int, default=99, help="FUSE requests in flight (default 99)")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def local(name, help_):
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("--node-id", type=int, metavar="N",
+                       help="which running vclient (default: the only one)")
+        c.add_argument("--control", metavar="PATH", help="its control socket")
+        c.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return c
+
+    local("status", "show the running vclient: server link, volumes, gates, disks")
+    a = local("attach", "attach a volume to the running vclient")
+    a.add_argument("volume", metavar="DG/VOL")
+    a.add_argument("--mode", default="rw", help="rw, ro, ew or ex (default rw)")
+    d = local("detach", "detach a volume from the running vclient")
+    d.add_argument("volume", metavar="DG/VOL")
+    return p
+
+
+def _control_path(args) -> str:
+    if args.control:
+        return args.control
+    if args.node_id is not None:
+        return control.default_path(args.node_id)
+    found = sorted(glob.glob(os.path.join(control.RUN_DIR, "vclient-*.sock")))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InvalidArgument(f"no running vclient found in {control.RUN_DIR}; give --node-id or --control")
+    raise InvalidArgument(f"{len(found)} vclients are running; give --node-id or --control")
+
+
+def cmd_run(args) -> int:
+    setup_logging(f"vclient-{args.node_id}", args.log_level)
+    if not 1 <= args.node_id <= 65535:
+        raise InvalidArgument("--node-id must be between 1 and 65535")
+    opts = NodeOptions(
+        node_id=args.node_id, server=parse_address(args.server, 7745), key_file=args.key_file,
+        mount=os.path.abspath(args.mount), attach=args.attach, pause_timeout=args.pause_timeout,
+        control_path=args.control or "", disk_paths=dict(args.disk_path),
+        remote_disks=set(args.remote_disk), max_tasks=args.max_tasks)
+    trio.run(Node(opts).run)
+    return 0
+
+
+def print_status(st: dict) -> None:
+    srv = st["server"]
+    link = "connected" if srv["connected"] else f"DISCONNECTED ({srv['last_error'] or 'connecting'})"
+    print(f"node {st['node']}  pid {st['pid']}  mount {st['mount']}")
+    print(f"server {srv['address']}  {link}")
+    if not st["volumes"]:
+        print("no volumes attached")
+        return
+    print()
+    rows = []
+    for v in st["volumes"]:
+        g = v["gate"]
+        rows.append((v["name"], v["mode"], format_size(v["size"]), g["state"] + (
+            f" ({g['reason']})" if g["reason"] else ""), f"{g['lease_remaining']:.1f}s",
+            g["renewals"], g["pauses"], g["writes_rejected"]))
+    print_table(rows, ["VOLUME", "MODE", "SIZE", "GATE", "LEASE", "RENEWALS", "PAUSES", "REJECTED"])
+    remote = [(v["name"], d["name"], d["reason"]) for v in st["volumes"] for d in v["disks"]
+              if d["access"] == "remote"]
+    failed = [(v["name"], d["name"], d["error"]) for v in st["volumes"] for d in v["disks"] if d["error"]]
+    if remote:
+        print()
+        print_table(remote, ["VOLUME", "REMOTE DISK", "WHY"])
+    if failed:
+        print()
+        print_table(failed, ["VOLUME", "FAILED DISK", "ERROR"])
+
+
+def cmd_local(args) -> int:
+    path = _control_path(args)
+    if args.command == "status":
+        st = control.request(path, "status")
+        print_json(st) if args.json else print_status(st)
+    elif args.command == "attach":
+        v = control.request(path, "attach", {"volume": args.volume, "mode": parse_mode(args.mode)})
+        print_json(v) if args.json else print(
+            f"attached {v['name']} ({v['mode_name']}), {format_size(v['size'])}")
+    else:
+        r = control.request(path, "detach", {"volume": args.volume})
+        print_json(r) if args.json else print(f"detached {r['detached']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    def _main() -> int:
+        args = build_parser().parse_args(argv)
+        return cmd_run(args) if args.command == "run" else cmd_local(args)
+    run_main("vclient", _main)
+
+
+if __name__ == "__main__":
+    main()

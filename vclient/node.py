@@ -1,0 +1,293 @@
+"""The node daemon: server link, attached volumes, lease renewal, server pushes,
+the FUSE mount and the local control channel."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from fencevol import auth
+from fencevol.errors import AlreadyExists, FencevolError, InvalidArgument, NotFound, Unavailable
+from fencevol.modes import parse_mode
+
+from . import control
+from .disks import BackingDisks
+from .gate import CLOSED, FENCED, PAUSED
+from .link import ServerLink
+from .volume import AttachedVolume
+
+log = logging.getLogger("vclient")
+
+DEFAULT_RUN_DIR = "/run/fencevol"
+
+
+@dataclass
+class NodeOptions:
+    node_id: int
+    server: tuple[str, int]
+    key_file: str
+    mount: str
+    attach: list[tuple[str, str]] = field(default_factory=list)
+    pause_timeout: float = 30.0
+    control_path: str = ""
+    disk_paths: dict[str, str] = field(default_factory=dict)
+    remote_disks: set[str] = field(default_factory=set)
+    max_tasks: int = 99
+
+    def __post_init__(self):
+        if not self.control_path:
+            self.control_path = control.default_path(self.node_id)
+
+
+class Node:
+    def __init__(self, opts: NodeOptions):
+        self.opts = opts
+        self.key = auth.load_key_file(opts.key_file)
+        self.volumes: dict[str, AttachedVolume] = {}
+        self.backing = BackingDisks(opts.disk_paths, opts.remote_disks)
+        self.link = ServerLink(opts.server, self.key, opts.node_id, self._on_push, self._on_connect)
+        self.mount = None
+        self.started = time.time()
+        self._nursery: trio.Nursery | None = None
+        self._attach_lock = trio.Lock()
+        self._reattaching: set[str] = set()
+        self._stopping = trio.Event()
+
+    # -- lease terms (from the server's hello) -------------------------------------------------
+    @property
+    def lease(self) -> dict:
+        return self.link.server_info.get("lease") or {"duration": 4.0, "guard": 0.5,
+                                                      "renew_interval": 0.875}
+
+    def _deadline(self, sent_at: float) -> float:
+        lease = self.lease
+        return sent_at + lease["duration"] - lease["guard"]
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from fuse_fs.fs import VolumeFS
+        from fuse_fs.mount import Mount, prepare_mountpoint
+        prepare_mountpoint(self.opts.mount)             # fail early on a bad mount point
+        control_listener = await control.listen(self.opts.control_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._watch_signals)
+                await nursery.start(self.link.run)
+                for name, mode in self.opts.attach:
+                    await self.attach(name, mode)
+                self.mount = Mount(VolumeFS(self), self.opts.mount, self.opts.max_tasks)
+                self.mount.mount()
+                nursery.start_soon(self._serve_fuse)
+                nursery.start_soon(self._renew_loop)
+                nursery.start_soon(control.serve, control_listener, self)
+                log.info("node %d ready: %d volume(s) under %s", self.opts.node_id,
+                         len(self.volumes), self.opts.mount)
+                print(f"vclient node {self.opts.node_id} mounted {self.opts.mount}", flush=True)
+                task_status.started()
+                await self._stopping.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.mount is not None:
+                self.mount.close()
+            await control_listener.aclose()
+            control.remove(self.opts.control_path)
+            self.backing.close()
+
+    async def _serve_fuse(self) -> None:
+        try:
+            await self.mount.serve()
+        finally:
+            self._stopping.set()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, unmounting", signal.Signals(signum).name)
+                self.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        """Unmount, then release every delegation so others need not wait out leases."""
+        if self.mount is not None:
+            self.mount.terminate()
+        with trio.move_on_after(5):
+            for name in list(self.volumes):
+                try:
+                    await self.detach(name)
+                except FencevolError as exc:
+                    log.warning("detach %s at shutdown: %s", name, exc)
+
+    # -- attach / detach ---------------------------------------------------------------------------
+    async def attach(self, name: str, mode: str = "rw") -> AttachedVolume:
+        mode = parse_mode(mode)
+        async with self._attach_lock:
+            vol = self.volumes.get(name)
+            if vol is not None:
+                if vol.mode != mode:
+                    raise AlreadyExists(f"{name} is already attached in mode {vol.mode}; detach first")
+                return vol
+            vol = AttachedVolume(name, mode, self.link, self.backing, self.opts.pause_timeout)
+            await self._grant(vol)
+            self.volumes[name] = vol
+        log.info("attached %s (%s), delegation %s, %d bytes", name, mode, vol.delegation, vol.size)
+        await self._fs_changed(name)
+        return vol
+
+    async def _grant(self, vol: AttachedVolume) -> None:
+        sent = time.monotonic()
+        result, _ = await self.link.call("attach", {"volume": vol.name, "mode": vol.mode})
+        vol.delegation = result["delegation"]["id"]
+        vol.install(result["map"], result.get("volume"))
+        vol.gate.renewed(self._deadline(sent))
+
+    async def detach(self, name: str) -> None:
+        vol = self.volumes.pop(name, None)
+        if vol is None:
+            raise NotFound(f"{name} is not attached on this node")
+        vol.gate.close()
+        await vol.gate.drain()
+        try:
+            await vol.fsync()
+        except FencevolError as exc:
+            log.warning("final sync of %s failed: %s", name, exc)
+        await self._fs_changed(name)
+        try:
+            await self.link.call("detach", {"delegation": vol.delegation}, timeout=5)
+        except (Unavailable, NotFound) as exc:
+            log.warning("detach %s: server did not release the delegation (%s); it expires "
+                        "with its lease", name, exc)
+        log.info("detached %s", name)
+
+    async def _fs_changed(self, name: str) -> None:
+        if self.mount is not None and self.mount.mounted:
+            await self.mount.fs.volume_changed(name)
+
+    # -- leases ---------------------------------------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        while True:
+            await trio.sleep(self.lease["renew_interval"])
+            await self.renew_all()
+
+    async def renew_all(self) -> None:
+        vols = [v for v in self.volumes.values()
+                if v.delegation and v.gate.state not in (FENCED, CLOSED)]
+        if not vols:
+            return
+        sent = time.monotonic()
+        try:
+            result, _ = await self.link.call("renew", {"delegations": [v.delegation for v in vols]},
+                                             timeout=self.lease["renew_interval"])
+        except Unavailable as exc:
+            log.debug("renewal failed: %s", exc)
+            return
+        deadline = self._deadline(sent)
+        for v in vols:
+            r = result["results"].get(v.delegation, {})
+            if r.get("ok"):
+                v.gate.renewed(deadline)
+            elif r.get("state") in ("revoking", "revoked") and v.gate.state is PAUSED:
+                continue          # reconfiguration in progress: wait for reinstate
+            else:
+                self._lost(v, r.get("error", {}).get("message", "renewal refused"))
+
+    def _lost(self, vol: AttachedVolume, why: str) -> None:
+        """The server no longer honours the delegation: stop writes, get a new one."""
+        vol.gate.expire()
+        if vol.name in self._reattaching or self._nursery is None:
+            return
+        log.warning("%s: delegation lost (%s); re-attaching", vol.name, why)
+        self._reattaching.add(vol.name)
+        self._nursery.start_soon(self._reattach, vol)
+
+    async def _reattach(self, vol: AttachedVolume) -> None:
+        try:
+            while self.volumes.get(vol.name) is vol and vol.gate.state not in (FENCED, CLOSED):
+                old_size = vol.size
+                try:
+                    await vol.gate.drain()
+                    await self._grant(vol)
+                except FencevolError as exc:
+                    log.warning("%s: re-attach failed: %s", vol.name, exc)
+                    await trio.sleep(self.lease["renew_interval"])
+                    continue
+                log.info("%s: re-attached, delegation %s", vol.name, vol.delegation)
+                if vol.size != old_size:
+                    await self._fs_changed(vol.name)
+                return
+        finally:
+            self._reattaching.discard(vol.name)
+
+    async def _on_connect(self) -> None:
+        """After (re)connecting: reclaim every delegation (server restart grace)."""
+        if self.volumes:
+            log.info("reclaiming %d delegation(s)", len(self.volumes))
+            await self.renew_all()
+
+    # -- server pushes ------------------------------------------------------------------------------
+    def _by_delegation(self, deleg: object) -> AttachedVolume | None:
+        for v in self.volumes.values():
+            if v.delegation == deleg:
+                return v
+        return None
+
+    def _on_push(self, msg: dict, payload: bytes) -> None:
+        """Called by the link's reader in stream order: state changes happen here,
+        follow-up calls run in tasks."""
+        kind = msg.get("push")
+        vol = self._by_delegation(msg.get("delegation"))
+        if kind == "revoke":
+            if vol is not None:
+                vol.gate.pause(str(msg.get("reason", "revoked")))
+                log.info("%s: delegation revoked (%s); pausing I/O", vol.name, msg.get("reason"))
+            self._nursery.start_soon(self._ack_revoke, vol, msg.get("delegation"))
+        elif kind == "reinstate" and vol is not None:
+            old = vol.size
+            vol.install(msg["map"])
+            log.info("%s: reinstated with a new map (%d -> %d bytes)", vol.name, old, vol.size)
+            self._nursery.start_soon(self._after_reinstate, vol, old != vol.size)
+        else:
+            log.warning("ignoring push %r", msg)
+
+    async def _ack_revoke(self, vol: AttachedVolume | None, deleg: object) -> None:
+        if vol is not None:
+            await vol.gate.drain()
+        try:
+            await self.link.call("revoke_ack", {"delegation": deleg})
+        except FencevolError as exc:
+            log.warning("revoke acknowledgement failed: %s", exc)
+
+    async def _after_reinstate(self, vol: AttachedVolume, resized: bool) -> None:
+        await self.renew_all()
+        if resized:
+            await self._fs_changed(vol.name)
+
+    # -- status ----------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        return {
+            "node": self.opts.node_id, "pid": os.getpid(), "mount": os.path.realpath(self.opts.mount),
+            "control": self.opts.control_path, "started": self.started,
+            "server": {"address": self.link.where, "connected": self.link.connected,
+                       "connects": self.link.connects, "last_error": self.link.last_error,
+                       "lease": self.lease},
+            "volumes": [v.describe() for v in sorted(self.volumes.values(), key=lambda v: v.name)],
+        }
+
+    async def control_request(self, op: str, args: dict) -> dict:
+        if op == "status":
+            return self.status()
+        if op == "attach":
+            vol = await self.attach(str(args.get("volume", "")), str(args.get("mode", "rw")))
+            return vol.describe()
+        if op == "detach":
+            await self.detach(str(args.get("volume", "")))
+            return {"detached": args.get("volume")}
+        raise InvalidArgument(f"unknown control operation {op!r}")
