@@ -41,9 +41,9 @@ def mount_entry(path: str) -> tuple[str, str] | None:
 def prepare_mountpoint(path: str) -> None:
     """Make ``path`` usable: create it if missing; lazily unmount a stale fencevol
     mount (its process is gone: ENOTCONN); refuse a live one or a foreign mount."""
-    os.makedirs(path, exist_ok=True)
     entry = mount_entry(path)
     if entry is None:
+        os.makedirs(path, exist_ok=True)
         if not os.path.isdir(path):
             raise InvalidArgument(f"mount point {path} is not a directory")
         return
@@ -76,7 +76,7 @@ class Mount:
 
     def __init__(self, fs: VolumeFS, path: str, max_tasks: int = 99):
         self.fs = fs
-        self.path = os.path.realpath(path)
+        self.path = path          # already resolved: never stat our own mount point
         self.max_tasks = max_tasks
         self.mounted = False
 

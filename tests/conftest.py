@@ -17,3 +17,23 @@ def server(tmp_path):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def clients(server, tmp_path):
+    """Factory for vclient processes; every one is stopped and unmounted at the end."""
+    started = []
+
+    def make(node_id, *attach, extra=(), start=True, wait=True):
+        from procs import Client
+        c = Client(server, node_id, tmp_path, *attach, extra=extra)
+        started.append(c)
+        if start:
+            c.start(wait=wait)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in started:
+            c.stop()

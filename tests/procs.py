@@ -115,3 +115,108 @@ def vctl(server: Server, *args: str, check: bool = True, timeout: float = 60) ->
 
 def vctl_json(server: Server, *args: str):
     return json.loads(vctl(server, *args, "--json").stdout)
+
+
+def mounted(path) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+def force_unmount(path) -> None:
+    if mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=10)
+    if mounted(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+class Client:
+    """A ``vclient run`` subprocess with its own mount point and control socket.
+    ``stop`` always leaves no process and no mount behind."""
+
+    def __init__(self, server: Server, node_id: int, workdir: Path, *attach: str,
+                 extra: tuple[str, ...] = ()):
+        self.server = server
+        self.node_id = node_id
+        self.mount = Path(workdir) / f"mnt{node_id}"
+        self.control = str(Path(workdir) / f"vclient-{node_id}.sock")
+        self.log = Path(workdir) / f"vclient-{node_id}.log"
+        self.attach = list(attach)
+        self.extra = list(extra)
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        cmd = [str(VENV_BIN / "vclient"), "run", "--node-id", str(self.node_id),
+               "--server", self.server.address, "--key-file", self.server.key_file,
+               "--mount", str(self.mount), "--control", self.control, *self.extra]
+        for a in self.attach:
+            cmd += ["--attach", a]
+        return cmd
+
+    def start(self, wait: bool = True, timeout: float = 30) -> "Client":
+        if not mounted(self.mount):          # a stale mount is the client's to clear
+            self.mount.mkdir(exist_ok=True)
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=logf, env=ENV,
+                                     start_new_session=True)
+        logf.close()
+        if wait:
+            line = read_line(self.proc, timeout, f"vclient {self.node_id} (log {self.log})")
+            assert "mounted" in line, line
+        return self
+
+    def path(self, volume: str) -> Path:
+        return self.mount / volume
+
+    def status(self) -> dict:
+        cp = subprocess.run([str(VENV_BIN / "vclient"), "status", "--json", "--control", self.control],
+                            capture_output=True, text=True, timeout=30, env=ENV)
+        assert cp.returncode == 0, cp.stderr
+        return json.loads(cp.stdout)
+
+    def volume_status(self, volume: str) -> dict:
+        return next(v for v in self.status()["volumes"] if v["name"] == volume)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """kill -9: the mount is left stale, as after a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+    def stop(self) -> int | None:
+        rc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    os.kill(self.proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                self.proc.terminate()
+                try:
+                    rc = self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            else:
+                rc = self.proc.returncode
+            if self.proc.stdout:
+                self.proc.stdout.close()
+        force_unmount(self.mount)
+        return rc
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll an external process's published state until ``predicate()`` is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -40,6 +40,9 @@ class NodeOptions:
     max_tasks: int = 99
 
     def __post_init__(self):
+        # Resolved once, before mounting: stat-ing our own mount point from the
+        # thread that serves it would deadlock.
+        self.mount = os.path.realpath(self.mount)
         if not self.control_path:
             self.control_path = control.default_path(self.node_id)
 
@@ -273,7 +276,7 @@ class Node:
     # -- status ----------------------------------------------------------------------------------------
     def status(self) -> dict:
         return {
-            "node": self.opts.node_id, "pid": os.getpid(), "mount": os.path.realpath(self.opts.mount),
+            "node": self.opts.node_id, "pid": os.getpid(), "mount": self.opts.mount,
             "control": self.opts.control_path, "started": self.started,
             "server": {"address": self.link.where, "connected": self.link.connected,
                        "connects": self.link.connects, "last_error": self.link.last_error,
