@@ -1,0 +1,174 @@
+"""The client under faults: server stopped past the lease, unreachable disks,
+bad attaches, a server that is not up yet, a backing disk that vanishes."""
+
+import errno
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import extent_map, read_backing
+from procs import Server, mounted, vctl, wait_for
+
+pytestmark = pytest.mark.fuse
+
+SHORT_LEASE = ("--lease", "1.0", "--lease-margin", "0.5", "--lease-guard", "0.2")
+
+
+@pytest.fixture
+def short_lease_server(tmp_path):
+    srv = Server(tmp_path / "state", *SHORT_LEASE)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def write_at(path, off, data):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        return os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+
+def read_at(path, off, n):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, n, off)
+    finally:
+        os.close(fd)
+
+
+def test_server_stopped_past_lease(short_lease_server, tmp_path):
+    from procs import Client
+    srv = short_lease_server
+    p = str(tmp_path / "d0.img")
+    vctl(srv, "disk", "init", p, "--size", "64M")
+    vctl(srv, "dg", "create", "dg1", p)
+    vctl(srv, "vol", "create", "dg1", "v", "8M")
+    c = Client(srv, 1, tmp_path, "dg1/v", extra=("--pause-timeout", "2"))
+    try:
+        c.start()
+        path = c.path("dg1/v")
+        assert write_at(path, 0, b"before") == 6
+        os.kill(srv.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: c.volume_status("dg1/v")["gate"]["state"] == "paused", 10,
+                     "the gate to pause after the lease ran out")
+            t0 = time.monotonic()
+            with pytest.raises(OSError) as exc:
+                write_at(path, 4096, b"during")              # waits, then EIO
+            waited = time.monotonic() - t0
+            assert exc.value.errno == errno.EIO
+            assert waited >= 1.5, waited                       # it did wait (pause timeout 2s)
+            assert read_at(path, 0, 6) == b"before"            # reads still served
+            gate = c.volume_status("dg1/v")["gate"]
+            assert gate["writes_rejected"] == 1 and gate["pauses"] >= 1
+        finally:
+            os.kill(srv.pid, signal.SIGCONT)
+        wait_for(lambda: c.volume_status("dg1/v")["gate"]["state"] == "open", 15,
+                 "the gate to reopen after SIGCONT")
+        assert write_at(path, 4096, b"after") == 5
+        assert read_at(path, 4096, 5) == b"after"
+        with open(p, "rb") as f:                               # nothing of "during" landed
+            assert b"during" not in f.read()
+    finally:
+        c.stop()
+
+
+def test_remote_io_for_unreachable_disk(server, dg, clients):
+    c = clients(1, "dg1/str", extra=("--disk-path", "disk1=/nonexistent/disk1.img"))
+    st = c.volume_status("dg1/str")
+    remote = [d for d in st["disks"] if d["access"] == "remote"]
+    assert [d["name"] for d in remote] == ["disk1"] and "cannot open" in remote[0]["reason"]
+    path = c.path("dg1/str")
+    data = os.urandom(3 * 65536 + 1000)
+    assert write_at(path, 65536 - 500, data) == len(data)
+    assert read_at(path, 65536 - 500, len(data)) == data
+    os.sync()
+    emap = extent_map(server, "dg1/str")
+    assert read_backing(emap, 0, 65536 - 500, len(data)) == data   # the server wrote disk1's part
+    out = subprocess.run([str(c.command()[0]), "status", "--control", c.control],
+                         capture_output=True, text=True, timeout=30)
+    assert "REMOTE DISK" in out.stdout and "disk1" in out.stdout
+
+
+def test_bad_attach_mounts_nothing(server, dg, clients):
+    bad = clients(1, "dg1/nope", start=False)
+    bad.start(wait=False)
+    assert bad.proc.wait(30) != 0
+    assert "no volume dg1/nope" in bad.log_text()
+    assert not mounted(bad.mount)
+    holder = clients(2, "dg1/cat:ex")
+    rival = clients(3, "dg1/cat:rw", start=False)
+    rival.start(wait=False)
+    assert rival.proc.wait(30) != 0
+    assert "attached exclusive by node 2" in rival.log_text()
+    assert not mounted(rival.mount)
+    assert holder.volume_status("dg1/cat")["gate"]["state"] == "open"
+
+
+def test_server_unreachable_at_start(tmp_path):
+    from procs import Client
+    srv = Server(tmp_path / "state")
+    srv.start()
+    srv.stop()                                    # keep its address, nothing listens there
+    c = Client(srv, 1, tmp_path)
+    try:
+        c.start(wait=False)
+        wait_for(lambda: "unreachable" in c.log_text(), 10, "a retry message")
+        assert not mounted(c.mount)
+        srv.start(srv.address)
+        from procs import read_line
+        assert "mounted" in read_line(c.proc, 30, "vclient after the server came up")
+        assert c.status()["server"]["connected"]
+    finally:
+        c.stop()
+        srv.stop()
+
+
+def test_backing_disk_vanishing(server, tmp_path, clients):
+    """disk1 sits behind a bindfs mount that we kill: EIO for its extents only,
+    logged once, client alive."""
+    real = tmp_path / "real"
+    real.mkdir()
+    via = tmp_path / "via"
+    via.mkdir()
+    bindfs = subprocess.Popen(["bindfs", "-f", "-o", "direct_io", str(real), str(via)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: mounted(via), 10, "bindfs mount")
+        d0, d1 = str(tmp_path / "d0.img"), str(via / "d1.img")
+        vctl(server, "disk", "init", d0, "--size", "64M")
+        vctl(server, "disk", "init", d1, "--size", "64M")
+        vctl(server, "dg", "create", "dg1", d0, d1)
+        vctl(server, "vol", "create", "dg1", "v", "16M", "--layout", "stripe", "--columns", "2",
+             "--stripe-unit", "64K")
+        c = clients(1, "dg1/v")
+        path = c.path("dg1/v")
+        assert write_at(path, 0, b"a" * 131072) == 131072
+        bindfs.kill()
+        bindfs.wait(10)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            assert os.pread(fd, 4096, 0) == b"a" * 4096            # column 0: disk d0
+            for _ in range(3):
+                with pytest.raises(OSError) as exc:
+                    os.pread(fd, 4096, 65536)                        # column 1: disk d1
+                assert exc.value.errno == errno.EIO
+            assert os.pwrite(fd, b"b" * 4096, 0) == 4096
+        finally:
+            os.close(fd)
+        assert c.log_text().count("I/O error") == 1
+        assert c.proc.poll() is None
+        st = c.volume_status("dg1/v")
+        assert [d["name"] for d in st["disks"] if d["error"]] == ["d1"]
+    finally:
+        if bindfs.poll() is None:
+            bindfs.kill()
+            bindfs.wait(10)
+        from procs import force_unmount
+        force_unmount(via)

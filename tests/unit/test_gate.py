@@ -1,0 +1,85 @@
+"""The fence gate under virtual time (trio MockClock; the gate reads the same clock)."""
+
+import pytest
+import trio
+
+from fencevol.errors import Fenced, IOFailure
+from vclient.gate import FENCED, OPEN, PAUSED, FenceGate
+
+
+def gate(pause_timeout=10.0):
+    return FenceGate(pause_timeout, clock=trio.current_time)
+
+
+async def test_lease_deadline_and_renewal(autojump_clock):
+    g = gate()
+    g.renewed(trio.current_time() + 3.5)
+    assert g.writable()
+    await trio.sleep(3.4)
+    assert g.writable()
+    await trio.sleep(0.2)
+    assert not g.writable() and g.describe()["state"] == PAUSED
+
+    async def renew_later():
+        await trio.sleep(4)
+        g.renewed(trio.current_time() + 3.5)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(renew_later)
+        t0 = trio.current_time()
+        await g.wait_writable()                       # waits for the renewal, no error
+        assert trio.current_time() - t0 == pytest.approx(4)
+    assert g.pauses == 1 and g.writes_rejected == 0 and g.renewals == 2
+
+
+async def test_lapsed_lease_fails_after_pause_timeout(autojump_clock):
+    g = gate(pause_timeout=2.0)
+    g.renewed(trio.current_time() + 1)
+    await trio.sleep(1)
+    t0 = trio.current_time()
+    with pytest.raises(IOFailure, match="paused for more than 2s"):
+        await g.wait_writable()
+    assert trio.current_time() - t0 == pytest.approx(2)
+    assert g.writes_rejected == 1
+
+
+async def test_fence_is_immediate_and_sticky(autojump_clock):
+    g = gate()
+    g.renewed(trio.current_time() + 100)
+    g.fence("preempted by node 1")
+    t0 = trio.current_time()
+    with pytest.raises(Fenced, match="preempted"):
+        await g.wait_writable()
+    assert trio.current_time() == t0                  # at once, no waiting
+    g.renewed(trio.current_time() + 100)              # a renewal does not lift a fence
+    assert g.state is FENCED and not g.writable() and g.readable()
+    g.unfence()
+    g.renewed(trio.current_time() + 100)
+    assert g.state is OPEN and g.writable()
+
+
+async def test_reconfigure_pause_blocks_reads_and_drains_writes(autojump_clock):
+    g = gate()
+    g.renewed(trio.current_time() + 100)
+    g.enter()                                         # a write in flight
+    g.pause("reconfigure")
+    assert not g.readable() and not g.writable()
+    events = []
+
+    async def reader():
+        await g.wait_readable()
+        events.append(("read", trio.current_time()))
+
+    async def finish_write():
+        await trio.sleep(1)
+        g.leave()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader)
+        n.start_soon(finish_write)
+        await g.drain()
+        events.append(("drained", trio.current_time()))
+        await trio.sleep(1)
+        g.renewed(trio.current_time() + 100)          # reinstated
+    assert [e[0] for e in events] == ["drained", "read"]
+    assert g.state is OPEN and g.pauses == 1
