@@ -38,22 +38,29 @@ class VolumeSource(Protocol):
     volumes: dict
 
 
+def _fuse_error(exc: Exception, where: str) -> pyfuse3.FUSEError:
+    """The errno a handler's exception becomes (the one translation point)."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc
+    if isinstance(exc, FencevolError):
+        log.debug("%s: %s", where, exc)
+        return pyfuse3.FUSEError(exc.errno)
+    if isinstance(exc, OSError):
+        log.warning("%s: %s", where, exc)
+        return pyfuse3.FUSEError(exc.errno or errno.EIO)
+    log.error("unexpected error in FUSE %s; returning EIO", where, exc_info=exc)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
 def _translate(fn: Callable) -> Callable:
+    """Wrap a handler so that only ``FUSEError`` leaves it (``Cancelled`` and other
+    BaseExceptions pass untouched)."""
     @functools.wraps(fn)
     async def handler(*args):
         try:
             return await fn(*args)
-        except pyfuse3.FUSEError:
-            raise
-        except FencevolError as exc:
-            log.debug("%s: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            log.warning("%s: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("unexpected error in FUSE %s; returning EIO", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            raise _fuse_error(exc, fn.__name__) from None
     return handler
 
 
@@ -182,13 +189,19 @@ class VolumeFS(pyfuse3.Operations):
         self._handles[fh] = vol
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
-    @_translate
+    # read and write are the hot path: the translation is inlined (one coroutine
+    # frame less per request than the decorator).
     async def read(self, fh, off, size):
-        return await self._handles[fh].read(off, size)
+        try:
+            return await self._handles[fh].read(off, size)
+        except Exception as exc:
+            raise _fuse_error(exc, "read") from None
 
-    @_translate
     async def write(self, fh, off, buf):
-        return await self._handles[fh].write(off, buf)
+        try:
+            return await self._handles[fh].write(off, buf)
+        except Exception as exc:
+            raise _fuse_error(exc, "write") from None
 
     @_translate
     async def flush(self, fh):

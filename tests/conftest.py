@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
 
-from procs import Server  # noqa: E402
+from harness import Server  # noqa: E402
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def clients(server, tmp_path):
     started = []
 
     def make(node_id, *attach, extra=(), start=True, wait=True):
-        from procs import Client
+        from harness import Client
         c = Client(server, node_id, tmp_path, *attach, extra=extra)
         started.append(c)
         if start:

@@ -1,7 +1,7 @@
 import pytest
 
 from fencevol.extents import ExtentMap
-from procs import vctl, vctl_json
+from harness import vctl, vctl_json
 
 pytestmark = pytest.mark.fuse
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import LAYOUTS, extent_map, read_backing
-from procs import mounted, vctl, vctl_json, wait_for
+from harness import mounted, vctl, vctl_json, wait_for
 
 pytestmark = pytest.mark.fuse
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import extent_map, read_backing
-from procs import Server, mounted, vctl, wait_for
+from harness import Server, mounted, vctl, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -44,7 +44,7 @@ def read_at(path, off, n):
 
 
 def test_server_stopped_past_lease(short_lease_server, tmp_path):
-    from procs import Client
+    from harness import Client
     srv = short_lease_server
     p = str(tmp_path / "d0.img")
     vctl(srv, "disk", "init", p, "--size", "64M")
@@ -113,7 +113,7 @@ def test_bad_attach_mounts_nothing(server, dg, clients):
 
 
 def test_server_unreachable_at_start(tmp_path):
-    from procs import Client
+    from harness import Client
     srv = Server(tmp_path / "state")
     srv.start()
     srv.stop()                                    # keep its address, nothing listens there
@@ -123,7 +123,7 @@ def test_server_unreachable_at_start(tmp_path):
         wait_for(lambda: "unreachable" in c.log_text(), 10, "a retry message")
         assert not mounted(c.mount)
         srv.start(srv.address)
-        from procs import read_line
+        from harness import read_line
         assert "mounted" in read_line(c.proc, 30, "vclient after the server came up")
         assert c.status()["server"]["connected"]
     finally:
@@ -170,5 +170,5 @@ def test_backing_disk_vanishing(server, tmp_path, clients):
         if bindfs.poll() is None:
             bindfs.kill()
             bindfs.wait(10)
-        from procs import force_unmount
+        from harness import force_unmount
         force_unmount(via)

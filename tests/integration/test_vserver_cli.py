@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from procs import Server, vctl, vctl_json
+from harness import Server, vctl, vctl_json
 from fencevol import ondisk
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""Real processes for integration tests: start, await readiness, always stop."""
+"""Start and stop real fencevol processes: await their readiness lines, always
+clean up. Used by the tests, tools/bench and tools/cluster."""
 
 from __future__ import annotations
 

@@ -1,0 +1,251 @@
+"""fio benchmark of the fencevol data path (run through tools/bench).
+
+Every workload runs on three targets, interleaved round by round so machine noise
+hits them alike: a mounted single-extent volume (gate and extent map active), the
+raw backing image region under it, and bindfs mounted over the image directory. The
+report gives the median of the rounds and the ratios volume/bindfs and volume/raw.
+Then a 10,000-extent volume against a one-extent volume, and the client's RSS with
+8 volumes attached under fio load."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import Client, Server, force_unmount, mounted, vctl, vctl_json, wait_for  # noqa: E402
+
+MiB = 1 << 20
+WORKLOADS = [
+    # name, rw, bs, numjobs, target (volume/bindfs)
+    ("4k randread 1 job", "randread", "4k", 1, 0.6),
+    ("4k randread 4 jobs", "randread", "4k", 4, 0.6),
+    ("4k randwrite 1 job", "randwrite", "4k", 1, 0.6),
+    ("4k randwrite 4 jobs", "randwrite", "4k", 4, 0.6),
+    ("1M seq read", "read", "1M", 1, 0.9),
+    ("1M seq write", "write", "1M", 1, 0.9),
+]
+
+
+def fio(filename: str, rw: str, bs: str, numjobs: int, size: int, offset: int, runtime: float,
+        direct: bool) -> dict:
+    cmd = ["fio", "--output-format=json", "--name=bench", f"--filename={filename}", f"--rw={rw}",
+           f"--bs={bs}", f"--numjobs={numjobs}", f"--size={size}", f"--offset={offset}",
+           f"--direct={int(direct)}", "--ioengine=psync", "--group_reporting", "--time_based",
+           f"--runtime={runtime}", "--ramp_time=1", "--randrepeat=0", "--norandommap"]
+    cp = subprocess.run(cmd, capture_output=True, text=True, timeout=runtime + 120)
+    if cp.returncode != 0:
+        raise RuntimeError(f"fio failed: {cp.stderr.strip() or cp.stdout[-500:]}")
+    job = json.loads(cp.stdout[cp.stdout.index("{"):])["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    return {"iops": side["iops"], "mibs": side["bw_bytes"] / MiB}
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in ("iops", "mibs")}
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Linux {platform.release()}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="tools/bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runtime", type=float, default=4.0, help="seconds per fio run (default 4)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--size", default="256M", help="test region (default 256M)")
+    ap.add_argument("--only", choices=["paths", "extents", "rss"], action="append",
+                    help="run only these parts (repeatable)")
+    ap.add_argument("--json", action="store_true", help="print results as JSON")
+    ap.add_argument("--record", metavar="FILE", help="append a dated markdown section to FILE")
+    args = ap.parse_args()
+    from fencevol.units import parse_size
+    size = parse_size(args.size, align=MiB)
+    parts = args.only or ["paths", "extents", "rss"]
+
+    work = Path(tempfile.mkdtemp(prefix="fencevol-bench-"))
+    server = Server(work / "state")
+    bindfs = None
+    clients = []
+    results: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                     "machine": machine(), "runtime": args.runtime, "rounds": args.rounds}
+    try:
+        server.start()
+        img_dir = work / "images"
+        img_dir.mkdir()
+        disks = [str(img_dir / f"disk{i}.img") for i in range(3)]
+        for d in disks:
+            vctl(server, "disk", "init", d, "--size", "2G")
+        vctl(server, "dg", "create", "bench", *disks)
+        vctl(server, "vol", "create", "bench", "one", str(size))
+        show = vctl_json(server, "vol", "show", "bench/one")
+        sd = show["plexes"][0]["columns"][0]["subdisks"][0]
+        image, offset = sd["path"], sd["disk_offset"]
+        print(f"# {results['machine']}", file=sys.stderr)
+
+        if "paths" in parts:
+            c = Client(server, 1, work, "bench/one")
+            clients.append(c)
+            c.start()
+            vol_file = str(c.path("bench/one"))
+            via = work / "bindfs"
+            via.mkdir()
+            bindfs = subprocess.Popen(["bindfs", "-f", str(img_dir), str(via)],
+                                      stderr=subprocess.DEVNULL)
+            wait_for(lambda: mounted(via), 10, "bindfs mount")
+            bind_file = str(via / Path(image).name)
+            # Fill the region once so reads see real data.
+            fio(image, "write", "1M", 1, size, offset, 0, False)
+            targets = {"volume": (vol_file, 0, True), "bindfs": (bind_file, offset, True),
+                       "raw": (image, offset, False)}
+            table = {}
+            for name, rw, bs, jobs, target in WORKLOADS:
+                runs: dict[str, list] = {t: [] for t in targets}
+                for r in range(args.rounds):
+                    for t, (f, off, direct) in targets.items():
+                        runs[t].append(fio(f, rw, bs, jobs, size, off, args.runtime, direct))
+                med = {t: median_of(v) for t, v in runs.items()}
+                med["target"] = target
+                table[name] = med
+                print(f"{name:22s} volume {med['volume']['iops']:9.0f} IOPS {med['volume']['mibs']:8.1f} MiB/s"
+                      f"   vs bindfs {med['volume']['iops'] / med['bindfs']['iops']:.2f}x"
+                      f"   vs raw {med['volume']['iops'] / med['raw']['iops']:.2f}x", file=sys.stderr)
+            results["paths"] = table
+            c.stop()
+            clients.remove(c)
+
+        if "extents" in parts:
+            ext_size = 10000 * (64 << 10)
+            vctl(server, "vol", "create", "bench", "frag", str(ext_size), "--max-subdisk", "64K")
+            vctl(server, "vol", "create", "bench", "flat", str(ext_size))
+            counts = {v: vctl_json(server, "vol", "show", f"bench/{v}")["extents"] for v in ("frag", "flat")}
+            c = Client(server, 2, work, "bench/frag", "bench/flat")
+            clients.append(c)
+            c.start()
+            for v in ("frag", "flat"):
+                fio(str(c.path(f"bench/{v}")), "write", "1M", 1, ext_size, 0, 0, True)
+            table = {}
+            for name, rw in (("4k randread", "randread"), ("4k randwrite", "randwrite")):
+                runs = {v: [] for v in ("frag", "flat")}
+                for r in range(args.rounds):
+                    for v in runs:
+                        runs[v].append(fio(str(c.path(f"bench/{v}")), rw, "4k", 1, ext_size, 0,
+                                           args.runtime, True))
+                med = {v: median_of(x) for v, x in runs.items()}
+                table[name] = med
+                print(f"{name:22s} {counts['frag']} extents {med['frag']['iops']:9.0f} IOPS vs "
+                      f"{counts['flat']} extent {med['flat']['iops']:9.0f} IOPS: "
+                      f"{med['frag']['iops'] / med['flat']['iops']:.3f}x", file=sys.stderr)
+            results["extents"] = {"counts": counts, "table": table}
+            c.stop()
+            clients.remove(c)
+
+        if "rss" in parts:
+            names = [f"r{i}" for i in range(8)]
+            for n in names:
+                vctl(server, "vol", "create", "bench", n, "32M")
+            c = Client(server, 3, work, *(f"bench/{n}" for n in names))
+            clients.append(c)
+            c.start()
+            pid = c.status()["pid"]
+            peak = [0]
+            stop = threading.Event()
+
+            def sample():
+                while not stop.is_set():
+                    try:
+                        for line in open(f"/proc/{pid}/status"):
+                            if line.startswith("VmRSS:"):
+                                peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                    except OSError:
+                        return
+                    time.sleep(0.1)
+
+            t = threading.Thread(target=sample)
+            t.start()
+            jobfile = work / "rss.fio"
+            jobfile.write_text("[global]\nioengine=psync\ndirect=1\nrw=randrw\nbs=4k\nsize=32M\n"
+                               f"time_based\nruntime={max(args.runtime, 5)}\n" + "".join(
+                                   f"[j{i}]\nfilename={c.path('bench/' + n)}\n" for i, n in enumerate(names)))
+            subprocess.run(["fio", str(jobfile), "--output-format=terse"], check=True,
+                           capture_output=True, timeout=300)
+            stop.set()
+            t.join()
+            results["rss"] = {"volumes": len(names), "peak_bytes": peak[0]}
+            print(f"client RSS with {len(names)} volumes under fio load: {peak[0] / MiB:.1f} MiB",
+                  file=sys.stderr)
+    finally:
+        for c in clients:
+            c.stop()
+        if bindfs is not None:
+            bindfs.terminate()
+            try:
+                bindfs.wait(10)
+            except subprocess.TimeoutExpired:
+                bindfs.kill()
+            force_unmount(work / "bindfs")
+        server.stop()
+        subprocess.run(["rm", "-rf", str(work)])
+
+    text = render(results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(text)
+    if args.record:
+        with open(args.record, "a") as f:
+            f.write("\n" + text + "\n")
+    return 0
+
+
+def render(res: dict) -> str:
+    out = [f"### {res['date']} — {res['machine']}", "",
+           f"fio psync, iodepth 1, {res['runtime']:g} s per run, median of {res['rounds']} "
+           "interleaved rounds. volume: FUSE file of a one-extent concat volume (gate and "
+           "map active), O_DIRECT; bindfs: same image through bindfs, O_DIRECT; raw: the "
+           "image region, buffered (all three end in the host page cache).", ""]
+    if "paths" in res:
+        out += ["| workload | volume IOPS | volume MiB/s | bindfs IOPS | raw IOPS | volume/bindfs | volume/raw | target |",
+                "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for name, med in res["paths"].items():
+            v, b, r = med["volume"], med["bindfs"], med["raw"]
+            ratio = v["iops"] / b["iops"]
+            verdict = "met" if ratio >= med["target"] else "MISSED"
+            out.append(f"| {name} | {v['iops']:.0f} | {v['mibs']:.1f} | {b['iops']:.0f} | {r['iops']:.0f} | "
+                       f"{ratio:.2f}x | {v['iops'] / r['iops']:.2f}x | ≥ {med['target']:g}x: {verdict} |")
+        out.append("")
+    if "extents" in res:
+        e = res["extents"]
+        out += [f"| extents | {e['counts']['frag']} extents IOPS | {e['counts']['flat']} extent IOPS | ratio | target |",
+                "|---|---:|---:|---:|---|"]
+        for name, med in e["table"].items():
+            out.append(f"| {name} | {med['frag']['iops']:.0f} | {med['flat']['iops']:.0f} | "
+                       f"{med['frag']['iops'] / med['flat']['iops']:.3f} | within 5% |")
+        out.append("")
+    if "rss" in res:
+        out.append(f"Client peak RSS with {res['rss']['volumes']} volumes attached under fio load: "
+                   f"{res['rss']['peak_bytes'] / MiB:.1f} MiB (target < 64 MiB).")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
