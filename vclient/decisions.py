@@ -1,0 +1,101 @@
+"""Join, leave and race decisions of the fence driver (sans-IO, patent Figures 6-10).
+
+Each function takes the coordinator's membership as read under exclusive access and
+what the node knows, and returns the membership to write (compare-and-swap on the
+generation it read) or raises ``JoinRefused``. No sockets, files or clocks inside,
+except ``now`` passed in for record timestamps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fencevol.coord import Membership
+from fencevol.errors import InvalidArgument
+
+
+class JoinRefused(InvalidArgument):
+    """The coordinator and the live cluster disagree: the node must not join."""
+
+    code = "join_refused"
+    exit_code = 1
+
+
+def validate(coord: Membership, cluster_id: str, me: int) -> None:
+    """Figure 6, 615: the header is for this cluster and knows this node."""
+    if coord.cluster_id != cluster_id:
+        raise JoinRefused(f"coordinator belongs to cluster {coord.cluster_id!r}, "
+                          f"this node to {cluster_id!r}")
+    if coord.record(me) is None:
+        raise JoinRefused(f"node {me} has no record in the coordinator of cluster {cluster_id} "
+                          f"(known nodes: {sorted(coord.node_ids)})")
+
+
+@dataclass(frozen=True)
+class JoinPlan:
+    new: Membership
+    crash_reset: frozenset[int]       # stale member records reset (¶0056-57)
+
+
+def plan_join(coord: Membership, cluster_id: str, me: int, live_members: frozenset[int],
+              now: float) -> JoinPlan:
+    """Figure 6. ``live_members`` are the nodes this node hears that say they are
+    members. Joins when the coordinator's members are exactly those; when they are
+    those plus this node itself -- its previous incarnation crashed without leaving
+    (¶0056-57) -- the stale record is reset first. Any other mismatch (a pre-existing
+    split brain, or a crashed cluster that needs `vctl coord clear`) is refused."""
+    validate(coord, cluster_id, me)
+    unknown = live_members - coord.node_ids
+    if unknown:
+        raise JoinRefused(f"live nodes {sorted(unknown)} are not in the coordinator")
+    recorded = coord.members
+    others = recorded - {me}
+    if others != live_members:
+        raise JoinRefused(
+            f"coordinator lists members {sorted(recorded)} but the live members this node "
+            f"hears are {sorted(live_members)}: a pre-existing split brain, or a crashed "
+            "cluster (if every listed node is down, run `vctl coord clear`)")
+    reset = frozenset({me}) if me in recorded else frozenset()
+    rec = coord.record(me)
+    new = coord.changed({me: {"is_member": True, "incarnation": (rec.incarnation + 1) & 0xFFFFFFFF}},
+                        now)
+    return JoinPlan(new, reset)
+
+
+def plan_leave(coord: Membership, cluster_id: str, me: int, now: float) -> Membership | None:
+    """Figure 7: clear this node's membership (``None`` if already not a member)."""
+    validate(coord, cluster_id, me)
+    if not coord.record(me).is_member:
+        return None
+    return coord.changed({me: {"is_member": False}}, now)
+
+
+@dataclass(frozen=True)
+class RaceResult:
+    won: bool
+    members: frozenset[int]           # membership after the race (as written or read)
+    victims: frozenset[int]           # members removed by this racer (to be fenced)
+    new: Membership | None            # what to write; None when nothing changes
+    reason: str = ""
+
+
+def plan_race(coord: Membership, cluster_id: str, me: int, reachable: frozenset[int],
+              now: float) -> RaceResult:
+    """Figures 8-10, run by the lowest node of a subcluster holding the coordinator
+    exclusively. ``reachable`` is the racer's subcluster (itself included). A racer
+    no longer recorded as a member has lost (someone else won first); otherwise it
+    wins and removes every member outside its subcluster."""
+    validate(coord, cluster_id, me)
+    if not coord.record(me).is_member:
+        return RaceResult(False, coord.members, frozenset(), None,
+                          f"node {me} is no longer a member (generation {coord.generation})")
+    keep = coord.members & (reachable | {me})
+    victims = coord.members - keep
+    if not victims:
+        return RaceResult(True, coord.members, frozenset(), None, "nothing to remove")
+    new = coord.changed({v: {"is_member": False} for v in victims}, now)
+    return RaceResult(True, new.members, victims, new)
+
+
+def racer_of(subcluster: frozenset[int]) -> int:
+    """The lowest node id of a subcluster races for it (¶0047)."""
+    return min(subcluster)
