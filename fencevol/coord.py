@@ -2,7 +2,7 @@
 
 One block at offset 0 of the coordinator volume, big-endian::
 
-    header (64 bytes)
+    header (72 bytes)
       magic        8   "FVCOORD\\0"
       version      u16 (1)
       flags        u16 (0)
@@ -12,6 +12,7 @@ One block at offset 0 of the coordinator volume, big-endian::
       cluster_id   32    UTF-8, NUL padded
       crc32c       u32   CRC-32C over the header (this field zeroed) and the records
       reserved     u32
+    (the CRC covers every header byte but its own field)
     records (32 bytes each, sorted by node id)
       node_id      u32
       is_member    u8
@@ -41,7 +42,7 @@ RECORD = struct.Struct(">IB3xIId8x")
 MAX_NODES = 64
 MAX_NODE_ID = 65535
 BLOCK = 4096
-assert HEADER.size == 64 and RECORD.size == 32
+assert HEADER.size == 72 and RECORD.size == 32
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def decode(data: bytes, where: str = "coordinator") -> Membership:
     """Parse and verify; any damage raises ``ChecksumError`` naming what failed."""
     if len(data) < HEADER.size:
         raise ChecksumError(f"{where}: too short ({len(data)} bytes) for a coordinator header")
-    magic, version, _flags, count, gen, ts, cid, crc, _ = HEADER.unpack_from(data)
+    magic, version, flags, count, gen, ts, cid, crc, reserved = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ChecksumError(f"{where}: not initialized as a coordinator (no FVCOORD magic)")
     if version != VERSION:
@@ -139,7 +140,7 @@ def decode(data: bytes, where: str = "coordinator") -> Membership:
     if count > MAX_NODES or HEADER.size + count * RECORD.size > len(data):
         raise ChecksumError(f"{where}: header claims {count} records; header damaged")
     body = bytes(data[HEADER.size:HEADER.size + count * RECORD.size])
-    head0 = HEADER.pack(magic, version, _flags, count, gen, ts, cid, 0, 0)
+    head0 = HEADER.pack(magic, version, flags, count, gen, ts, cid, 0, reserved)
     actual = crc32c(body, crc32c(head0))
     if actual != crc:
         raise ChecksumError(f"{where}: coordinator checksum mismatch (stored {crc:#010x}, "

@@ -6,8 +6,10 @@ States:
 * ``open``   -- writes pass while the lease is valid: strictly before
                 ``deadline`` on the client's monotonic clock (the server's lease
                 minus the guard interval, counted from when the request was sent);
-* ``paused`` -- the delegation was revoked for a reconfiguration: reads and writes
-                wait (up to ``pause_timeout``) for the new map;
+* ``paused`` -- for one or more reasons: ``reconfigure`` (the delegation was
+                revoked while the map changes: reads and writes wait for the new
+                map) or ``membership`` (the cluster is resolving a partition:
+                writes wait, reads pass); waits end after ``pause_timeout``;
 * ``fenced`` -- the node was ejected or its registration preempted: writes fail at
                 once, reads are served; sticky until ``unfence`` (rejoin).
 
@@ -32,7 +34,7 @@ OPEN, PAUSED, FENCED, CLOSED = "open", "paused", "fenced", "closed"
 class FenceGate:
     __slots__ = ("state", "reason", "deadline", "pause_timeout", "clock", "inflight",
                  "writes_rejected", "reads_rejected", "pauses", "renewals", "fences",
-                 "_changed", "_drained", "_lease_lapsed")
+                 "_changed", "_drained", "_lease_lapsed", "_paused")
 
     def __init__(self, pause_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self.state = OPEN
@@ -49,13 +51,14 @@ class FenceGate:
         self._changed = trio.Event()
         self._drained: trio.Event | None = None
         self._lease_lapsed = False
+        self._paused: set[str] = set()
 
     # -- hot path ---------------------------------------------------------------------
     def writable(self) -> bool:
         return self.state is OPEN and self.clock() < self.deadline
 
     def readable(self) -> bool:
-        return self.state is not PAUSED and self.state is not CLOSED
+        return self.state is not CLOSED and "reconfigure" not in self._paused
 
     def enter(self) -> None:
         self.inflight += 1
@@ -93,6 +96,7 @@ class FenceGate:
                 await self._changed.wait()
 
     async def wait_readable(self) -> None:
+        """Return once reads may go on (they wait only while the map changes)."""
         give_up = self.clock() + self.pause_timeout
         while not self.readable():
             if self.state is CLOSED:
@@ -117,21 +121,35 @@ class FenceGate:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _settle(self) -> None:
+        """Derive ``state``/``reason`` from fenced / paused reasons, then wake waiters."""
+        if self.state is not FENCED and self.state is not CLOSED:
+            if self._paused:
+                self.state, self.reason = PAUSED, ", ".join(sorted(self._paused))
+            else:
+                self.state, self.reason = OPEN, ""
+        self._notify()
+
     def renewed(self, deadline: float) -> None:
-        """The server renewed (or granted, or reinstated) the delegation."""
+        """The server renewed, granted or reinstated the delegation (which ends a
+        ``reconfigure`` pause: the server renews only once the new map is in place)."""
         self.renewals += 1
         if deadline > self.deadline:
             self.deadline = deadline
-        if self.state is PAUSED:
-            self.state, self.reason = OPEN, ""
+        self._paused.discard("reconfigure")
         self._lease_lapsed = False
-        self._notify()
+        self._settle()
 
     def pause(self, reason: str) -> None:
-        if self.state is OPEN:
-            self.state, self.reason = PAUSED, reason
+        if reason not in self._paused:
+            self._paused.add(reason)
             self.pauses += 1
-            self._notify()
+            self._settle()
+
+    def resume(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            self._settle()
 
     def expire(self) -> None:
         """The server says the lease is gone: no writes until a new grant."""
@@ -147,8 +165,8 @@ class FenceGate:
 
     def unfence(self) -> None:
         if self.state is FENCED:
-            self.state, self.reason = OPEN, ""
-            self._notify()
+            self.state = OPEN
+            self._settle()
 
     def close(self) -> None:
         self.state, self.reason, self.deadline = CLOSED, "detached", 0.0

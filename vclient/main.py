@@ -15,6 +15,7 @@ from fencevol.rpc import parse_address
 from fencevol.units import format_size
 
 from . import control
+from .cluster import ClusterOptions
 from .node import Node, NodeOptions
 
 DEFAULT_SERVER = "127.0.0.1:7745"
@@ -36,6 +37,25 @@ def _disk_path(text: str) -> tuple[str, str]:
     if not sep or not disk or not path:
         raise argparse.ArgumentTypeError(f"bad --disk-path {text!r}: expected DISK=PATH")
     return disk, path
+
+
+def _peer(text: str) -> tuple[int, list[tuple[str, int]]]:
+    node, sep, addrs = text.partition("=")
+    try:
+        nid = int(node)
+        if not sep or not 1 <= nid <= 65535:
+            raise ValueError
+        return nid, [parse_address(a) for a in addrs.split(",") if a]
+    except (ValueError, InvalidArgument):
+        raise argparse.ArgumentTypeError(
+            f"bad --peer {text!r}: expected ID=HOST:PORT[,HOST:PORT] (one address per link)") from None
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach DISK (id or name) only through the server's remote I/O")
     r.add_argument("--max-tasks", type=int, default=99, help="FUSE requests in flight (default 99)")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    c = r.add_argument_group("cluster membership and fencing (docs/FENCING.md)")
+    c.add_argument("--cluster-id", metavar="ID", help="run as a member of this cluster")
+    c.add_argument("--coordinator", metavar="DG/NAME", help="the cluster's coordinator volume")
+    c.add_argument("--heartbeat", action="append", default=[], type=_address, metavar="HOST:PORT",
+                   help="listen for heartbeats here; repeat for a second link")
+    c.add_argument("--peer", action="append", default=[], type=_peer,
+                   metavar="ID=HOST:PORT[,HOST:PORT]", help="another node and its link addresses")
+    c.add_argument("--hb-interval", type=float, default=0.25, metavar="S",
+                   help="heartbeat interval (default 0.25)")
+    c.add_argument("--hb-timeout", type=float, default=1.25, metavar="S",
+                   help="a peer is lost after this long unheard (default 1.25)")
+    c.add_argument("--race-timeout", type=float, default=10.0, metavar="S",
+                   help="how long a racer may try to get the coordinator (default 10)")
+    c.add_argument("--join-timeout", type=float, default=15.0, metavar="S",
+                   help="how long join and leave retry for the coordinator (default 15)")
+    c.add_argument("--no-join", action="store_true", help="do not join at start (`vclient join` later)")
 
     def local(name, help_):
         c = sub.add_parser(name, help=help_, description=help_)
@@ -80,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mode", default="rw", help="rw, ro, ew or ex (default rw)")
     d = local("detach", "detach a volume from the running vclient")
     d.add_argument("volume", metavar="DG/VOL")
+    local("join", "join (or rejoin) the cluster: new incarnation, new key, fresh delegations")
+    local("leave", "leave the cluster gracefully and detach the data volumes")
     return p
 
 
@@ -100,11 +138,25 @@ def cmd_run(args) -> int:
     setup_logging(f"vclient-{args.node_id}", args.log_level)
     if not 1 <= args.node_id <= 65535:
         raise InvalidArgument("--node-id must be between 1 and 65535")
+    cluster = None
+    if args.cluster_id or args.coordinator or args.peer or args.heartbeat:
+        if not (args.cluster_id and args.coordinator and args.heartbeat):
+            raise InvalidArgument("cluster mode needs --cluster-id, --coordinator and --heartbeat")
+        peers = dict(args.peer)
+        if len(peers) != len(args.peer):
+            raise InvalidArgument("a node id is given twice with --peer")
+        if args.node_id in peers:
+            raise InvalidArgument(f"--peer names this node's own id {args.node_id}")
+        cluster = ClusterOptions(
+            cluster_id=args.cluster_id, coordinator=args.coordinator, links=args.heartbeat,
+            peers=peers, interval=args.hb_interval, timeout=args.hb_timeout,
+            join_timeout=args.join_timeout, race_timeout=args.race_timeout,
+            auto_join=not args.no_join)
     opts = NodeOptions(
         node_id=args.node_id, server=parse_address(args.server, 7745), key_file=args.key_file,
         mount=os.path.abspath(args.mount), attach=args.attach, pause_timeout=args.pause_timeout,
         control_path=args.control or "", disk_paths=dict(args.disk_path),
-        remote_disks=set(args.remote_disk), max_tasks=args.max_tasks)
+        remote_disks=set(args.remote_disk), max_tasks=args.max_tasks, cluster=cluster)
     trio.run(Node(opts).run)
     return 0
 
@@ -112,8 +164,14 @@ def cmd_run(args) -> int:
 def print_status(st: dict) -> None:
     srv = st["server"]
     link = "connected" if srv["connected"] else f"DISCONNECTED ({srv['last_error'] or 'connecting'})"
-    print(f"node {st['node']}  pid {st['pid']}  mount {st['mount']}")
+    print(f"node {st['node']}  pid {st['pid']}  mount {st['mount']}  key {st['key']}")
     print(f"server {srv['address']}  {link}")
+    c = st.get("cluster")
+    if c:
+        print(f"cluster {c['cluster_id']}  state {c['state']}" + (f" ({c['reason']})" if c["reason"] else "")
+              + f"  generation {c['generation']}  members {c['members']}  reachable {c['reachable']}")
+        for p in c["problems"]:
+            print(f"  ! {p}")
     if not st["volumes"]:
         print("no volumes attached")
         return
@@ -145,9 +203,14 @@ def cmd_local(args) -> int:
         v = control.request(path, "attach", {"volume": args.volume, "mode": parse_mode(args.mode)})
         print_json(v) if args.json else print(
             f"attached {v['name']} ({v['mode_name']}), {format_size(v['size'])}")
-    else:
+    elif args.command == "detach":
         r = control.request(path, "detach", {"volume": args.volume})
         print_json(r) if args.json else print(f"detached {r['detached']}")
+    else:
+        c = control.request(path, args.command, timeout=120)
+        print_json(c) if args.json else print(
+            f"node state {c['state']} in cluster {c['cluster_id']}: generation {c['generation']}, "
+            f"members {c['members']}, incarnation {c['incarnation']}")
     return 0
 
 

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from fencevol import auth
-from fencevol.errors import AlreadyExists, FencevolError, InvalidArgument, NotFound, Unavailable
+import secrets
+
+from fencevol import auth, coord
+from fencevol.errors import (AlreadyExists, FencevolError, InvalidArgument, NotFound,
+                             Unavailable)
 from fencevol.modes import parse_mode
 
 from . import control
+from .cluster import EJECTED, MEMBER, ClusterOptions, FenceDriver
 from .disks import BackingDisks
 from .gate import CLOSED, FENCED, PAUSED
 from .link import ServerLink
@@ -38,6 +42,7 @@ class NodeOptions:
     disk_paths: dict[str, str] = field(default_factory=dict)
     remote_disks: set[str] = field(default_factory=set)
     max_tasks: int = 99
+    cluster: ClusterOptions | None = None
 
     def __post_init__(self):
         # Resolved once, before mounting: stat-ing our own mount point from the
@@ -50,16 +55,29 @@ class NodeOptions:
 class Node:
     def __init__(self, opts: NodeOptions):
         self.opts = opts
-        self.key = auth.load_key_file(opts.key_file)
+        self.cluster_key = auth.load_key_file(opts.key_file)
         self.volumes: dict[str, AttachedVolume] = {}
         self.backing = BackingDisks(opts.disk_paths, opts.remote_disks)
-        self.link = ServerLink(opts.server, self.key, opts.node_id, self._on_push, self._on_connect)
+        self.link = ServerLink(opts.server, self.cluster_key, opts.node_id, self._on_push,
+                               self._on_connect)
         self.mount = None
         self.started = time.time()
         self._nursery: trio.Nursery | None = None
         self._attach_lock = trio.Lock()
         self._reattaching: set[str] = set()
         self._stopping = trio.Event()
+        # Registration key: cluster nodes get their incarnation from the coordinator
+        # at join; a standalone node picks a random one per start.
+        self.cluster = FenceDriver(self, opts.cluster) if opts.cluster else None
+        self._incarnation = secrets.randbits(32) or 1
+        self.detached_on_leave: list[tuple[str, str]] = []
+
+    @property
+    def key(self) -> int:
+        if self.cluster is not None:
+            return coord.registration_key(self.cluster.opts.cluster_id, self.opts.node_id,
+                                          self.cluster.incarnation)
+        return coord.registration_key("", self.opts.node_id, self._incarnation)
 
     # -- lease terms (from the server's hello) -------------------------------------------------
     @property
@@ -82,6 +100,10 @@ class Node:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_signals)
                 await nursery.start(self.link.run)
+                if self.cluster is not None:
+                    await self.cluster.start(nursery)
+                    if self.cluster.opts.auto_join:
+                        await self.cluster.join()
                 for name, mode in self.opts.attach:
                     await self.attach(name, mode)
                 self.mount = Mount(VolumeFS(self), self.opts.mount, self.opts.max_tasks)
@@ -138,6 +160,10 @@ class Node:
                 if vol.mode != mode:
                     raise AlreadyExists(f"{name} is already attached in mode {vol.mode}; detach first")
                 return vol
+            if self.cluster is not None and self.cluster.state != MEMBER:
+                raise InvalidArgument(f"node {self.opts.node_id} is not a member of cluster "
+                                      f"{self.cluster.opts.cluster_id} (state "
+                                      f"{self.cluster.state}); run `vclient join` first")
             vol = AttachedVolume(name, mode, self.link, self.backing, self.opts.pause_timeout)
             await self._grant(vol)
             self.volumes[name] = vol
@@ -147,7 +173,8 @@ class Node:
 
     async def _grant(self, vol: AttachedVolume) -> None:
         sent = time.monotonic()
-        result, _ = await self.link.call("attach", {"volume": vol.name, "mode": vol.mode})
+        result, _ = await self.link.call("attach", {"volume": vol.name, "mode": vol.mode,
+                                                    "key": self.key})
         vol.delegation = result["delegation"]["id"]
         vol.install(result["map"], result.get("volume"))
         vol.gate.renewed(self._deadline(sent))
@@ -197,6 +224,8 @@ class Node:
             r = result["results"].get(v.delegation, {})
             if r.get("ok"):
                 v.gate.renewed(deadline)
+            elif r.get("state") == "fenced":
+                self._fenced(f"registration on {v.name} was preempted")
             elif r.get("state") in ("revoking", "revoked") and v.gate.state is PAUSED:
                 continue          # reconfiguration in progress: wait for reinstate
             else:
@@ -247,9 +276,12 @@ class Node:
         follow-up calls run in tasks."""
         kind = msg.get("push")
         vol = self._by_delegation(msg.get("delegation"))
-        if kind == "revoke":
+        if kind == "revoke" and msg.get("reason") == "fence":
+            self._fenced(f"fenced by the server ({vol.name if vol else 'unknown volume'})")
+            self._nursery.start_soon(self._ack_revoke, vol, msg.get("delegation"))
+        elif kind == "revoke":
             if vol is not None:
-                vol.gate.pause(str(msg.get("reason", "revoked")))
+                vol.gate.pause(str(msg.get("reason", "reconfigure")))
                 log.info("%s: delegation revoked (%s); pausing I/O", vol.name, msg.get("reason"))
             self._nursery.start_soon(self._ack_revoke, vol, msg.get("delegation"))
         elif kind == "reinstate" and vol is not None:
@@ -259,6 +291,54 @@ class Node:
             self._nursery.start_soon(self._after_reinstate, vol, old != vol.size)
         else:
             log.warning("ignoring push %r", msg)
+
+    def _fenced(self, why: str) -> None:
+        """The server fenced this node: close every gate (and leave the cluster)."""
+        if self.cluster is not None and self.cluster.state != EJECTED:
+            self.cluster.eject(why)
+        else:
+            self.fence_all(why)
+
+    def fence_all(self, why: str) -> None:
+        for v in self.volumes.values():
+            if v.gate.state != "fenced":
+                log.error("%s: fenced (%s); writes now fail", v.name, why)
+            v.gate.fence(why)
+
+    def pause_all(self, reason: str) -> None:
+        for v in self.volumes.values():
+            v.gate.pause(reason)
+
+    def resume_all(self, reason: str) -> None:
+        for v in self.volumes.values():
+            v.gate.resume(reason)
+
+    async def rejoin(self) -> dict:
+        """Join the cluster (again): new incarnation, new registration key, fresh
+        delegations for every volume; only then do the gates reopen (¶0007)."""
+        info = await self.cluster.join()
+        for name, mode in self.detached_on_leave:
+            if name not in self.volumes:
+                try:
+                    await self.attach(name, mode)
+                except FencevolError as exc:
+                    log.error("re-attach of %s after join failed: %s", name, exc)
+        self.detached_on_leave = []
+        for vol in list(self.volumes.values()):
+            if vol.gate.state == "fenced":
+                await vol.gate.drain()
+                await self._grant(vol)
+                vol.gate.unfence()
+                log.info("%s: re-attached after rejoin, delegation %s", vol.name, vol.delegation)
+        return info
+
+    async def leave(self) -> dict:
+        """Figure 7: leave the membership, then detach every data volume."""
+        info = await self.cluster.leave()
+        self.detached_on_leave = [(v.name, v.mode) for v in self.volumes.values()]
+        for name in list(self.volumes):
+            await self.detach(name)
+        return info
 
     async def _ack_revoke(self, vol: AttachedVolume | None, deleg: object) -> None:
         if vol is not None:
@@ -275,14 +355,18 @@ class Node:
 
     # -- status ----------------------------------------------------------------------------------------
     def status(self) -> dict:
-        return {
+        st = {
             "node": self.opts.node_id, "pid": os.getpid(), "mount": self.opts.mount,
             "control": self.opts.control_path, "started": self.started,
             "server": {"address": self.link.where, "connected": self.link.connected,
                        "connects": self.link.connects, "last_error": self.link.last_error,
                        "lease": self.lease},
             "volumes": [v.describe() for v in sorted(self.volumes.values(), key=lambda v: v.name)],
+            "key": coord.format_key(self.key),
         }
+        if self.cluster is not None:
+            st["cluster"] = self.cluster.describe()
+        return st
 
     async def control_request(self, op: str, args: dict) -> dict:
         if op == "status":
@@ -293,4 +377,8 @@ class Node:
         if op == "detach":
             await self.detach(str(args.get("volume", "")))
             return {"detached": args.get("volume")}
+        if op in ("join", "leave"):
+            if self.cluster is None:
+                raise InvalidArgument("this vclient runs without a cluster (--cluster-id)")
+            return await (self.rejoin() if op == "join" else self.leave())
         raise InvalidArgument(f"unknown control operation {op!r}")

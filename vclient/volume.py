@@ -75,7 +75,7 @@ class AttachedVolume:
             return b""
         if off + size > self.size:
             size = self.size - off
-        if self.gate.state is PAUSED:
+        if self.gate.state is PAUSED and not self.gate.readable():
             await self.gate.wait_readable()
         segs = self.read_plex.segments(off, size)
         if len(segs) == 1:

@@ -13,8 +13,10 @@ import time
 import trio
 
 from fencevol import modes
-from fencevol.errors import (AlreadyExists, Conflict, InUse, InvalidArgument, IOFailure,
-                             NoSpace, NotFound, ProtocolError, Revoked)
+from fencevol.coord import format_key, key_node
+from fencevol.errors import (AlreadyExists, Conflict, Fenced, FencevolError, InUse,
+                             InvalidArgument, IOFailure, NoSpace, NotFound, ProtocolError,
+                             ReservationConflict, Revoked)
 from fencevol.units import format_size, parse_size
 
 from fencevol import ondisk
@@ -258,6 +260,7 @@ async def op_dg_create(srv: VolumeServer, sess, args, payload):
             raise
         group = Group(cfg, {d.id: d for d in disks})
         await trio.to_thread.run_sync(storage.join_disks, group, cfg)
+        await trio.to_thread.run_sync(srv.ensure_reservations, group)
         srv.groups[name] = group
         srv.save_state()
     log.info("created disk group %s on %s", name, ", ".join(d.name for d in disks))
@@ -321,6 +324,7 @@ async def op_dg_import(srv: VolumeServer, sess, args, payload):
                 srv.disks[d.id] = d
             else:
                 d.close()
+        await trio.to_thread.run_sync(srv.ensure_reservations, group)
         srv.groups[name] = group
         srv.save_state()
     for p in group.problems():
@@ -491,11 +495,38 @@ async def _reinstate(srv: VolumeServer, group: Group, vol: Volume, delegs: list[
     srv.notify()
 
 
+# --- registrations -------------------------------------------------------------------
+def registered_everywhere(srv: VolumeServer, d: Delegation) -> bool:
+    """Is the delegation's key still registered on every disk of its volume?"""
+    try:
+        group, vol = srv.find_volume(d.volume)
+    except FencevolError:
+        return False
+    return all(d.key in group.disks[i].pr.registrations for i in vol.disk_ids() if i in group.disks)
+
+
+async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, node: int) -> None:
+    """REGISTER ``key`` on every disk of ``vol``; a preempted key is refused."""
+    todo = [group.disks[i] for i in sorted(vol.disk_ids()) if key not in group.disks[i].pr.registrations]
+    if not todo:
+        return
+    now = time.time()
+    for disk in todo:
+        disk.pr.register(key, node, now)     # ReservationConflict if tombstoned
+    await trio.to_thread.run_sync(lambda: [disk.write_pr() for disk in todo])
+    log.info("node %d registered key %s on %s", node, format_key(key),
+             ", ".join(disk.name for disk in todo))
+
+
 # --- attach and delegations ------------------------------------------------------------
 def _delegation_reply(srv: VolumeServer, d: Delegation, group: Group, vol: Volume) -> dict:
+    wire_map = srv.map_wire(group, vol)
+    if vol.kind == "coordinator":      # ¶0050: nodes reach it only through the server
+        for disk in wire_map["disks"]:
+            disk["path"] = ""
     return {"delegation": {"id": d.id, "mode": d.mode, "volume": d.volume,
                            "lease": srv.lease_terms_wire()},
-            "map": srv.map_wire(group, vol),
+            "map": wire_map,
             "volume": {"name": d.volume, "id": vol.id, "size": vol.size, "layout": vol.layout,
                        "kind": vol.kind}}
 
@@ -513,6 +544,14 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
         raise InvalidArgument(f"wait must be 0-{MAX_ATTACH_WAIT:g} seconds")
     give_up = trio.current_time() + wait
     node = sess.node
+    pr_key = 0
+    if vol.kind == "data":
+        pr_key = args.get("key")
+        if isinstance(pr_key, bool) or not isinstance(pr_key, int) or not 0 < pr_key < (1 << 64):
+            raise InvalidArgument("attach of a data volume needs the node's registration key")
+        if key_node(pr_key) != node:
+            raise InvalidArgument(f"registration key {format_key(pr_key)} is not node {node}'s")
+        await register_key(srv, group, vol, pr_key, node)
     async with srv.vol_locks[key]:
         while True:
             group, vol = srv.find_volume(key)
@@ -522,6 +561,7 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
                 if mine.mode != mode:
                     raise InUse(f"node {node} already holds {key} in mode {mine.mode}; detach first")
                 srv.table.renew(mine.id, node, now, sess.id)   # idempotent re-attach / reclaim
+                mine.key = pr_key or mine.key
                 return _delegation_reply(srv, mine, group, vol), b""
             blockers = srv.table.blockers(key, node, mode, now)
             if not blockers:
@@ -538,7 +578,7 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
                      ", ".join(f"node {b.node} ({b.state})" for b in blockers))
             await srv.wait_change(until)
             await srv.expire_now()
-        d = srv.table.grant(key, node, mode, now, session_id=sess.id)
+        d = srv.table.grant(key, node, mode, now, key=pr_key, session_id=sess.id)
         try:
             await srv.persist_delegations()
         except BaseException:
@@ -556,6 +596,11 @@ async def op_renew(srv: VolumeServer, sess: Session, args, payload):
     now = trio.current_time()
     results = {}
     for i in ids:
+        d = srv.table.by_id.get(i)
+        if d is not None and d.node == sess.node and d.key and not registered_everywhere(srv, d):
+            results[i] = {"ok": False, "state": "fenced", "error": Fenced(
+                f"node {d.node}'s registration on {d.volume} was preempted").to_wire()}
+            continue
         try:
             srv.table.renew(i, sess.node, now, sess.id)
             results[i] = {"ok": True}
@@ -616,6 +661,27 @@ def _plexes(emap, args: dict):
     return [emap.plexes[p]]
 
 
+def volume_read(group: Group, emap, plex, offset: int, length: int) -> bytes:
+    buf = bytearray(length)
+    view = memoryview(buf)
+    for disk, doff, boff, n in plex.segments(offset, length):
+        if os.preadv(group.disks[emap.disks[disk].id].fd, [view[boff:boff + n]], doff) != n:
+            raise IOFailure(f"short read from disk {emap.disks[disk].name}")
+    return bytes(buf)
+
+
+def volume_write(group: Group, emap, plexes, offset: int, data) -> set[int]:
+    """Write ``data`` to every plex in ``plexes``; return the descriptors written."""
+    view = memoryview(data)
+    written = set()
+    for plex in plexes:
+        for disk, doff, boff, n in plex.segments(offset, len(data)):
+            fd = group.disks[emap.disks[disk].id].fd
+            os.pwrite(fd, view[boff:boff + n], doff)
+            written.add(fd)
+    return written
+
+
 @op("read", role="node")
 async def op_read(srv: VolumeServer, sess: Session, args, payload):
     group, vol, emap, offset = _io_target(srv, sess, args, write=False)
@@ -623,27 +689,24 @@ async def op_read(srv: VolumeServer, sess: Session, args, payload):
     if not 0 <= length <= MAX_IO:
         raise InvalidArgument(f"length must be 0-{MAX_IO}")
     length = max(0, min(length, vol.size - offset))
-    buf = bytearray(length)
-    view = memoryview(buf)
-    fds = [group.disks[ref.id].fd for ref in emap.disks]
-    for disk, doff, boff, n in _plexes(emap, args)[0].segments(offset, length):
-        if os.preadv(fds[disk], [view[boff:boff + n]], doff) != n:
-            raise IOFailure(f"short read from disk {emap.disks[disk].name}")
-    return {"length": length}, bytes(buf)
+    return {"length": length}, volume_read(group, emap, _plexes(emap, args)[0], offset, length)
 
 
 @op("write", role="node")
 async def op_write(srv: VolumeServer, sess: Session, args, payload):
     group, vol, emap, offset = _io_target(srv, sess, args, write=True)
+    if vol.kind == "coordinator":
+        raise InvalidArgument("coordinator volumes are written with coord_write (compare-and-swap)")
     if offset + len(payload) > vol.size:
         raise NoSpace(f"write past the end of {vol.name} ({vol.size} bytes)")
-    fds = [group.disks[ref.id].fd for ref in emap.disks]
-    view = memoryview(payload)
-    for plex in _plexes(emap, args):
-        for disk, doff, boff, n in plex.segments(offset, len(payload)):
-            os.pwrite(fds[disk], view[boff:boff + n], doff)
+    d = srv.table.by_id[args["delegation"]]
+    for ref in emap.disks:     # the reservation is enforced here, on the server's path
+        if not group.disks[ref.id].pr.may_write(d.key):
+            raise ReservationConflict(f"disk {ref.name}: node {d.node}'s key "
+                                      f"{format_key(d.key)} is not registered (fenced)")
+    fds = volume_write(group, emap, _plexes(emap, args), offset, payload)
     if args.get("sync"):
-        await trio.to_thread.run_sync(_sync_fds, set(fds))
+        await trio.to_thread.run_sync(_sync_fds, fds)
     return {"length": len(payload)}, b""
 
 
@@ -663,3 +726,6 @@ def _sync_fds(fds) -> None:
 async def op_ping(srv, sess, args, payload):
     return {"time": time.time()}, b""
 
+
+
+from . import fencing_ops  # noqa: E402,F401  (registers coord_*, fence and pr_* operations)

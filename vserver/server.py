@@ -16,6 +16,8 @@ import trio
 
 import fencevol
 from fencevol import auth, wire
+from fencevol.coord import format_key, key_node
+from fencevol.crc import crc32c
 from fencevol.errors import (AuthError, FencevolError, InvalidArgument, NotFound,
                              ProtocolError)
 from fencevol.extents import ExtentMap
@@ -89,6 +91,8 @@ class VolumeServer:
         self._persist_lock = trio.Lock()
         self._changed = trio.Event()
         self._maps: dict[str, ExtentMap] = {}
+        self.fence_lock = trio.Lock()
+        self.server_key = 0
         self.started_at = 0.0
         self.listen_address = ""
         self._lock_fd = -1
@@ -121,6 +125,8 @@ class VolumeServer:
             log.info("created cluster key %s (copy it to every node, see docs/SECURITY.md)", kp)
         state = statefile.read(self.state_path, default={}) or {}
         self.server_id = state.get("server_id") or uuid.uuid4().hex
+        # The server's own registration key: node field 0 marks a server.
+        self.server_key = (0x4653 << 48) | (crc32c(self.server_id.encode()) & 0xFFFFFFFF)
         for rec in state.get("disks", []):
             try:
                 disk = Disk.open(rec["path"])
@@ -148,6 +154,7 @@ class VolumeServer:
             for p in group.problems():
                 log.error("disk group %s: %s", name, p)
             self.groups[name] = group
+            self.ensure_reservations(group)
         now = trio.current_time()
         self.table.restore(statefile.read(self.deleg_path, default=[]) or [], now)
         if self.table.by_id:
@@ -155,6 +162,27 @@ class VolumeServer:
                      len(self.table.by_id), self.terms.duration + self.terms.margin)
         self.started_at = now
         self.save_state()
+
+    def ensure_reservations(self, group: Group) -> None:
+        """Register the server's key and hold a Write Exclusive Registrants Only
+        reservation on every disk of ``group`` (¶0071); take over a reservation
+        left by another server. Synchronous (call from a worker thread)."""
+        for disk in group.disks.values():
+            if disk.problems:
+                continue
+            t = disk.pr
+            before = t.generation
+            if self.server_key not in t.registrations:
+                t.register(self.server_key, 0, time.time())
+            res = t.reservation
+            if res is None:
+                t.reserve(self.server_key, "WERO")
+            elif res[0] != self.server_key and key_node(res[0]) == 0:
+                log.warning("disk %s: taking over the reservation of server key %s", disk.name,
+                            format_key(res[0]))
+                t.preempt(self.server_key, res[0])
+            if t.generation != before:
+                disk.write_pr()
 
     def save_state(self) -> None:
         statefile.write(self.state_path, {

@@ -24,6 +24,7 @@ from fencevol.units import format_size
 
 from fencevol import ondisk
 from .model import DiskRecord, GroupConfig, MetadataError, check_name
+from .pr import PRTable
 
 log = logging.getLogger("vserver.storage")
 
@@ -38,6 +39,7 @@ class Disk:
         self.areas: dict[int, ondisk.AreaState] = {}
         self.label: ondisk.Label | None = None
         self.problems: list[str] = []
+        self.pr = PRTable()
         self.reload()
 
     @classmethod
@@ -55,6 +57,11 @@ class Disk:
         for area in self.areas.values():
             self.problems += area.problems
         self.label = None
+        try:
+            self.pr = PRTable.from_json(self.areas[ondisk.PR].json())
+        except (KeyError, TypeError, ValueError) as exc:
+            self.problems.append(f"reservation table does not parse: {exc!r}")
+            self.pr = PRTable()
         lab = self.areas[ondisk.LABEL].json()
         if lab is not None:
             try:
@@ -80,6 +87,10 @@ class Disk:
 
     def write_area(self, kind: int, payload: dict, generation: int | None = None) -> None:
         self.areas[kind] = ondisk.write_area(self.fd, self.areas[kind], payload, generation)
+
+    def write_pr(self) -> None:
+        """Persist the in-memory reservation table (fdatasync'd)."""
+        self.write_area(ondisk.PR, self.pr.to_json())
 
     def write_label(self, label: ondisk.Label) -> None:
         self.write_area(ondisk.LABEL, label.to_json())

@@ -91,6 +91,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("size", metavar="SIZE")
     c = cmd(vol, "remove", "remove a detached volume", cmd_vol_remove)
     c.add_argument("volume", metavar="DG/NAME")
+
+    co = sub.add_parser("coord", help="cluster coordinator volumes").add_subparsers(
+        dest="verb", required=True, metavar="VERB")
+    c = cmd(co, "create", "create and initialize a coordinator volume (patent Figure 5)",
+            cmd_coord_create)
+    c.add_argument("dg", metavar="DG")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("--cluster-id", required=True, metavar="ID")
+    c.add_argument("--nodes", default="1,2,3,4,5,6,7,8", metavar="1,2,...",
+                   help="node ids of the cluster (default 1-8)")
+    c.add_argument("--size", default="1M", metavar="SIZE", help="volume size (default 1M)")
+    c.add_argument("--layout", choices=["concat", "mirror"], default="concat")
+    c = cmd(co, "show", "show a coordinator's membership and whether its checksum holds",
+            cmd_coord_show)
+    c.add_argument("volume", metavar="DG/NAME")
+    c = cmd(co, "clear", "mark every node as not a member (after a whole-cluster crash)",
+            cmd_coord_clear)
+    c.add_argument("volume", metavar="DG/NAME")
+
+    pr = sub.add_parser("pr", help="persistent reservations on disks (like sg_persist)").add_subparsers(
+        dest="verb", required=True, metavar="VERB")
+    c = cmd(pr, "read-keys", "list registered keys (all disks in groups if DISK is omitted)",
+            cmd_pr_read_keys)
+    c.add_argument("disk", nargs="?", metavar="DISK")
+    c = cmd(pr, "read-reservation", "show the reservation holder and type", cmd_pr_read_reservation)
+    c.add_argument("disk", nargs="?", metavar="DISK")
+    c = cmd(pr, "preempt", "preempt and abort a key or a node's keys (revokes its delegations)",
+            cmd_pr_preempt)
+    c.add_argument("disk", nargs="?", metavar="DISK", help="one disk (default: all)")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key", metavar="KEY", help="registration key, hex")
+    g.add_argument("--node", type=int, metavar="N", help="every key of node N")
+    c = cmd(pr, "clear", "clear all registrations of a disk (the server re-registers)", cmd_pr_clear)
+    c.add_argument("disk", metavar="DISK")
+    c = cmd(pr, "forget", "let a preempted key register again", cmd_pr_forget)
+    c.add_argument("key", metavar="KEY")
+    c.add_argument("disk", nargs="?", metavar="DISK")
     return p
 
 
@@ -300,6 +337,93 @@ def cmd_vol_remove(args) -> None:
     if args.json:
         return print_json(r)
     print(f"removed volume {r['removed']}")
+
+
+def _parse_nodes(text: str) -> list[int]:
+    from fencevol.errors import InvalidArgument
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise InvalidArgument(f"bad --nodes {text!r}: expected comma-separated node ids") from None
+
+
+def _print_membership(m: dict) -> None:
+    print(f"cluster {m['cluster_id']}  generation {m['generation']}  members {m['members']}")
+    print_table([(r["node_id"], "yes" if r["is_member"] else "no", r["incarnation"],
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["changed_at"])))
+                 for r in m["records"]], ["NODE", "MEMBER", "INCARNATION", "CHANGED"])
+
+
+def cmd_coord_create(args) -> None:
+    r = call(args, "coord_create", {"dg": args.dg, "name": args.name, "cluster_id": args.cluster_id,
+                                    "nodes": _parse_nodes(args.nodes),
+                                    "size": parse_size(args.size, what="coordinator size"),
+                                    "layout": args.layout})
+    if args.json:
+        return print_json(r)
+    print(f"created coordinator {r['name']} for cluster {args.cluster_id}")
+    _print_membership(r["membership"])
+
+
+def cmd_coord_show(args) -> None:
+    r = call(args, "coord_show", {"volume": args.volume})
+    if args.json:
+        return print_json(r)
+    print(f"coordinator {r['name']}  {format_size(r['size'])} {_layout_text(r)}  "
+          f"checksum {'ok' if r['checksum_ok'] else 'BAD'}  attached: {_attached_text(r)}")
+    if not r["checksum_ok"]:
+        print(f"  ! {r['error']}")
+        raise SystemExit(1)
+    _print_membership(r["membership"])
+
+
+def cmd_coord_clear(args) -> None:
+    r = call(args, "coord_clear", {"volume": args.volume})
+    if args.json:
+        return print_json(r)
+    _print_membership(r["membership"])
+
+
+def _print_keys(disks: list[dict], reservation_only: bool = False) -> None:
+    for d in disks:
+        res = d["reservation"]
+        res_text = f"{res['key']} {res['type']} ({res['type_name']})" if res else "none"
+        print(f"disk {d['disk']} ({d['path']})  PR generation {d['generation']}  reservation {res_text}")
+        if not reservation_only:
+            for k in d["keys"]:
+                print(f"  key {k['key']}  {k['owner']}")
+            if d["preempted"]:
+                print(f"  preempted: {', '.join(d['preempted'])}")
+
+
+def cmd_pr_read_keys(args) -> None:
+    r = call(args, "pr_read_keys", {"disk": args.disk})
+    print_json(r["disks"]) if args.json else _print_keys(r["disks"])
+
+
+def cmd_pr_read_reservation(args) -> None:
+    r = call(args, "pr_read_reservation", {"disk": args.disk})
+    print_json(r["disks"]) if args.json else _print_keys(r["disks"], reservation_only=True)
+
+
+def cmd_pr_preempt(args) -> None:
+    req = {"disk": args.disk}
+    if args.key:
+        req["key"] = args.key
+    else:
+        req["node"] = args.node
+    r = call(args, "pr_preempt", req)
+    print_json(r["disks"]) if args.json else _print_keys(r["disks"])
+
+
+def cmd_pr_clear(args) -> None:
+    r = call(args, "pr_clear", {"disk": args.disk})
+    print_json(r["disks"]) if args.json else _print_keys(r["disks"])
+
+
+def cmd_pr_forget(args) -> None:
+    r = call(args, "pr_forget", {"disk": args.disk, "key": args.key})
+    print_json(r["disks"]) if args.json else _print_keys(r["disks"])
 
 
 def main(argv: list[str] | None = None) -> None:

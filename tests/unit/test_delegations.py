@@ -4,6 +4,7 @@ in-process under trio's MockClock (virtual time, real metadata files)."""
 import pytest
 import trio
 
+from fencevol import coord
 from fencevol.errors import Conflict, InUse, Revoked
 from fencevol.lease import LeaseTerms
 from vserver.delegations import REVOKED, DelegationTable
@@ -58,6 +59,8 @@ def pushes(sess):
 
 
 async def call(srv, sess, op, **args):
+    if op == "attach":
+        args.setdefault("key", coord.registration_key("", sess.node, 1))
     result, _ = await dispatch(srv, sess, {"op": op, "args": args}, b"")
     return result
 

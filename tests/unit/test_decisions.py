@@ -1,0 +1,125 @@
+"""Join and race decisions over thousands of generated partition schedules.
+
+A model server holds the coordinator: exclusive access serializes racers, and the
+write is a compare-and-swap on the generation the racer read, as in
+``coord_write``. Racers may stall after reading (SIGSTOP) and try their write
+later, after others have written."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fencevol import coord
+from vclient.decisions import JoinRefused, plan_join, plan_leave, plan_race, racer_of
+
+
+class ModelCoordinator:
+    def __init__(self, m):
+        self.m = m
+        self.writes = 0
+
+    def cas(self, expected, new) -> bool:
+        if self.m.generation != expected:
+            return False
+        assert new.generation == expected + 1
+        self.m = new
+        self.writes += 1
+        return True
+
+
+def all_members(n):
+    m = coord.initial("c", list(range(1, n + 1)), now=0)
+    for node in range(1, n + 1):
+        plan = plan_join(m, "c", node, m.members, now=node)
+        m = plan.new
+    return m
+
+
+@st.composite
+def partitions(draw, n):
+    """Assign each node to a subcluster; subclusters are numbered by first appearance."""
+    groups = draw(st.lists(st.integers(0, n - 1), min_size=n, max_size=n))
+    subs = {}
+    for node, g in zip(range(1, n + 1), groups):
+        subs.setdefault(g, set()).add(node)
+    return [frozenset(s) for s in subs.values()]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(2, 7).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.tuples(partitions(n), st.randoms(use_true_random=False)),
+                         min_size=1, max_size=6))))
+def test_races_have_at_most_one_winner(case):
+    n, schedule = case
+    store = ModelCoordinator(all_members(n))
+    for subs, rnd in schedule:
+        before = store.m
+        if len(subs) == 1:
+            continue                                     # nothing lost, no race
+        racers = [racer_of(s & before.members | {min(s)}) for s in subs]
+        sub_of = {min(s): s for s in subs}
+        rnd.shuffle(racers)
+        # Some racers stall between reading and writing.
+        stalled = []
+        winners = []
+        for r in racers:
+            read = store.m
+            res = plan_race(read, "c", r, sub_of[r], now=1)
+            if res.won and res.new is not None and rnd.random() < 0.3:
+                stalled.append((r, read, res))
+                continue
+            if res.won and res.new is not None:
+                assert store.cas(read.generation, res.new)
+            if res.won:
+                winners.append(r)
+        for r, read, res in stalled:                      # wake up later
+            if store.cas(read.generation, res.new):
+                winners.append(r)
+        members = store.m.members
+        # S5: the surviving membership lies inside one subcluster, and every racer
+        # that believes it won is inside it.
+        holders = [s for s in subs if members <= s]
+        assert len(holders) == 1 or not members
+        for w in winners:
+            if w in members:
+                assert sub_of[w] >= members
+        winning_subs = {frozenset(sub_of[w]) for w in winners if w in members}
+        assert len(winning_subs) <= 1
+        if not members:
+            break
+        # Heal: the ejected nodes rejoin one by one.
+        for node in sorted(set(range(1, n + 1)) - members):
+            plan = plan_join(store.m, "c", node, store.m.members, now=2)
+            assert store.cas(store.m.generation, plan.new)
+        assert store.m.members == frozenset(range(1, n + 1))
+
+
+def test_join_rules():
+    m = coord.initial("c", [1, 2, 3], now=0)
+    plan = plan_join(m, "c", 1, frozenset(), now=1)
+    assert plan.new.members == {1} and plan.new.record(1).incarnation == 1
+    m = plan.new
+    with pytest.raises(JoinRefused, match="pre-existing split brain"):
+        plan_join(m, "c", 2, frozenset(), now=2)          # node 1 recorded but not heard
+    m = plan_join(m, "c", 2, frozenset({1}), now=2).new
+    # Node 2 crashed and restarts while node 1 is alive: its stale record is reset.
+    plan = plan_join(m, "c", 2, frozenset({1}), now=3)
+    assert plan.crash_reset == {2} and plan.new.members == {1, 2}
+    assert plan.new.record(2).incarnation == 2
+    with pytest.raises(JoinRefused, match="cluster 'c'"):
+        plan_join(m, "other", 3, frozenset({1, 2}), now=4)
+    with pytest.raises(JoinRefused, match="no record"):
+        plan_join(m, "c", 9, frozenset({1, 2}), now=4)
+    with pytest.raises(JoinRefused, match="not in the coordinator"):
+        plan_join(m, "c", 3, frozenset({1, 2, 7}), now=4)
+
+
+def test_leave_and_lost_race():
+    m = all_members(3)
+    m = plan_leave(m, "c", 3, now=5)
+    assert m.members == {1, 2}
+    assert plan_leave(m, "c", 3, now=6) is None
+    won = plan_race(m, "c", 1, frozenset({1}), now=7)
+    assert won.won and won.victims == {2}
+    lost = plan_race(won.new, "c", 2, frozenset({2}), now=8)
+    assert not lost.won and "no longer a member" in lost.reason

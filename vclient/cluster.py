@@ -1,0 +1,388 @@
+"""The fence driver: cluster membership through the coordinator volume
+(patent Figures 6-10) and fencing of the losers.
+
+States: ``joining`` -> ``member`` -> (``racing``) -> ``member`` | ``ejected``;
+``left`` after a graceful leave. While a membership change is resolved every
+volume's gate is paused for ``membership`` (writes wait, reads pass); the winner's
+side resumes only after the server confirmed the losers are fenced (S3)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from fencevol import coord
+from fencevol.errors import (ChecksumError, Conflict, FencevolError, InvalidArgument,
+                             Unavailable)
+
+from . import decisions
+from .heartbeat import Heartbeats
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("vclient.cluster")
+
+JOINING, MEMBER, RACING, EJECTED, LEFT, IDLE = "joining", "member", "racing", "ejected", "left", "idle"
+
+
+@dataclass
+class ClusterOptions:
+    cluster_id: str
+    coordinator: str                                   # DG/NAME
+    links: list[tuple[str, int]]                       # this node's heartbeat addresses
+    peers: dict[int, list[tuple[str, int]]]            # node id -> its addresses, per link
+    interval: float = 0.25
+    timeout: float = 1.25
+    join_timeout: float = 15.0
+    race_timeout: float = 10.0
+    minority_delay: float = 0.5
+    auto_join: bool = True
+
+    def __post_init__(self):
+        coord.check_cluster_id(self.cluster_id)
+        if self.coordinator.count("/") != 1:
+            raise InvalidArgument(f"bad coordinator {self.coordinator!r}: expected DG/NAME")
+        if not self.links:
+            raise InvalidArgument("a cluster node needs at least one --heartbeat address")
+        if not 0 < self.interval < self.timeout:
+            raise InvalidArgument("heartbeat interval must be positive and below the timeout")
+
+
+@dataclass
+class Stats:
+    races: int = 0
+    races_won: int = 0
+    fences_requested: int = 0
+    last_change: dict = field(default_factory=dict)
+
+
+class FenceDriver:
+    def __init__(self, node: "Node", opts: ClusterOptions):
+        self.node = node
+        self.opts = opts
+        self.me = node.opts.node_id
+        self.state = IDLE
+        self.generation = 0
+        self.members: frozenset[int] = frozenset()
+        self.incarnation = 0
+        self.reason = ""
+        self.stats = Stats()
+        self.hb = Heartbeats(opts.cluster_id, self.me, node.cluster_key, opts.links, opts.peers,
+                             opts.interval, opts.timeout, self._snapshot, self._peer_changed)
+        self._changed = trio.Event()
+        self._busy = trio.Lock()          # one flow (join, leave, race) at a time
+        self.left_nodes: set[int] = set()
+
+    # -- heartbeat glue ---------------------------------------------------------------------
+    def _snapshot(self) -> dict:
+        return {"i": self.incarnation, "st": self.state, "g": self.generation, "m": self.members}
+
+    def _peer_changed(self) -> None:
+        self._changed.set()
+
+    def _announce(self) -> None:
+        self.hb.kick()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await self.hb.open()
+        nursery.start_soon(self.hb.run)
+        nursery.start_soon(self._monitor)
+
+    # -- coordinator access (through the server only, ¶0050) ---------------------------------
+    async def _attach_coordinator(self, deadline: float) -> str:
+        """Exclusive-write attach, retried while someone else holds it."""
+        delay = 0.02
+        while True:
+            try:
+                r, _ = await self.node.link.call("attach", {"volume": self.opts.coordinator,
+                                                            "mode": "ew"})
+                return r["delegation"]["id"]
+            except (Conflict, Unavailable) as exc:
+                if trio.current_time() + delay > deadline:
+                    raise Unavailable(f"could not get the coordinator {self.opts.coordinator} "
+                                      f"exclusively in time ({exc})") from None
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    async def _read(self, deleg: str) -> coord.Membership:
+        _, raw = await self.node.link.call("read", {"delegation": deleg, "offset": 0,
+                                                    "length": coord.BLOCK})
+        return coord.decode(raw, f"coordinator {self.opts.coordinator}")
+
+    async def _cas(self, deleg: str, read: coord.Membership, new: coord.Membership) -> None:
+        await self.node.link.call("coord_write", {"delegation": deleg,
+                                                  "expected_generation": read.generation},
+                                  coord.encode(new))
+
+    async def _detach(self, deleg: str) -> None:
+        try:
+            with trio.move_on_after(5):
+                await self.node.link.call("detach", {"delegation": deleg})
+        except FencevolError as exc:
+            log.warning("coordinator detach: %s", exc)
+
+    def _adopt(self, m: coord.Membership) -> None:
+        self.generation = m.generation
+        self.members = m.members
+        rec = m.record(self.me)
+        if rec is not None:
+            self.incarnation = rec.incarnation
+
+    # -- join (Figure 6) ----------------------------------------------------------------------
+    async def join(self) -> dict:
+        async with self._busy:
+            if self.state == MEMBER:
+                return self.describe()
+            problems = "; ".join(self.hb.problems.values())
+            if problems:
+                raise decisions.JoinRefused(f"refusing to join: {problems}")
+            self.state = JOINING
+            self._announce()
+            # Hear the cluster for one timeout before judging who is a live member.
+            await trio.sleep(self.opts.timeout)
+            if self.hb.problems:
+                self.state = IDLE
+                raise decisions.JoinRefused("refusing to join: " + "; ".join(self.hb.problems.values()))
+            deadline = trio.current_time() + self.opts.join_timeout
+            deleg = await self._attach_coordinator(deadline)
+            try:
+                m = await self._read(deleg)
+                reachable = self.hb.reachable()
+                live = frozenset(p for p in reachable - {self.me}
+                                 if self.hb.peers[p].state in (MEMBER, RACING))
+                plan = decisions.plan_join(m, self.opts.cluster_id, self.me, live, time.time())
+                await self._cas(deleg, m, plan.new)
+            except BaseException:
+                self.state = IDLE
+                raise
+            finally:
+                await self._detach(deleg)
+            if plan.crash_reset:
+                log.warning("node %d was still recorded as a member (crashed without leaving); "
+                            "reset its record (¶0056-57)", self.me)
+            self._adopt(plan.new)
+            self.state = MEMBER
+            self.reason = ""
+            self.left_nodes.clear()
+            self._announce()
+            self.stats.last_change = {"event": "joined", "generation": self.generation,
+                                      "at": time.time()}
+            log.info("node %d joined cluster %s: generation %d, members %s, incarnation %d",
+                     self.me, self.opts.cluster_id, self.generation, sorted(self.members),
+                     self.incarnation)
+            return self.describe()
+
+    # -- leave (Figure 7) ---------------------------------------------------------------------
+    async def leave(self) -> dict:
+        async with self._busy:
+            if self.state != MEMBER:
+                raise InvalidArgument(f"node {self.me} is not a member (state {self.state})")
+            deadline = trio.current_time() + self.opts.join_timeout
+            deleg = await self._attach_coordinator(deadline)
+            try:
+                m = await self._read(deleg)
+                new = decisions.plan_leave(m, self.opts.cluster_id, self.me, time.time())
+                if new is not None:
+                    await self._cas(deleg, m, new)
+                    m = new
+            finally:
+                await self._detach(deleg)
+            self._adopt(m)
+            self.state = LEFT
+            self._announce()
+            self.stats.last_change = {"event": "left", "generation": self.generation, "at": time.time()}
+            log.info("node %d left cluster %s (generation %d)", self.me, self.opts.cluster_id,
+                     self.generation)
+            return self.describe()
+
+    # -- ejection -----------------------------------------------------------------------------
+    def eject(self, why: str) -> None:
+        if self.state == EJECTED:
+            return
+        log.error("node %d ejects itself from cluster %s: %s", self.me, self.opts.cluster_id, why)
+        self.state = EJECTED
+        self.reason = why
+        self.stats.last_change = {"event": "ejected", "reason": why, "at": time.time()}
+        self.node.fence_all(f"ejected from cluster {self.opts.cluster_id}: {why}")
+        self._announce()
+
+    # -- membership change (Figures 8-10) ----------------------------------------------------------
+    async def _monitor(self) -> None:
+        while True:
+            with trio.move_on_after(self.opts.interval / 2):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            if self.state != MEMBER or self._busy.locked():
+                continue
+            try:
+                await self._check()
+            except FencevolError as exc:
+                log.error("membership check failed: %s", exc)
+
+    def _newer_view(self) -> tuple[int, frozenset[int]] | None:
+        """The highest generation a reachable member announces, if above ours."""
+        best = None
+        for p in self.hb.peers.values():
+            if p.node in self.hb.heard() and p.state in (MEMBER, LEFT) and p.generation > self.generation:
+                if best is None or p.generation > best[0]:
+                    best = (p.generation, p.members)
+        return best
+
+    async def _check(self) -> None:
+        newer = self._newer_view()
+        if newer is not None:
+            await self._follow(newer)
+            return
+        lost = self.members - self.hb.reachable() - {self.me}
+        if lost:
+            async with self._busy:
+                await self._membership_change(lost)
+
+    async def _follow(self, view: tuple[int, frozenset[int]]) -> None:
+        """A peer announces a newer membership (a join, a leave, or our racer won)."""
+        gen, members = view
+        if self.me not in members:
+            self.eject(f"generation {gen} no longer lists node {self.me}")
+            return
+        removed = self.members - members
+        leavers = {n for n in removed if self.hb.peers.get(n) and self.hb.peers[n].state == LEFT}
+        self.generation, self.members = gen, members
+        log.info("node %d follows generation %d: members %s", self.me, gen, sorted(members))
+        victims = removed - leavers
+        if victims:
+            async with self._busy:
+                await self._fence(victims)
+
+    async def _membership_change(self, lost: frozenset[int]) -> None:
+        t0 = time.monotonic()
+        sub = self.hb.reachable() & (self.members | {self.me})
+        racer = decisions.racer_of(sub)
+        log.warning("node %d lost %s; subcluster %s, racer node %d", self.me, sorted(lost),
+                    sorted(sub), racer)
+        self.node.pause_all("membership")
+        try:
+            if racer == self.me:
+                await self._race(sub)
+            else:
+                await self._await_racer(racer, lost)
+        finally:
+            if self.state != EJECTED:
+                self.node.resume_all("membership")
+        log.info("membership change handled in %.3fs: state %s, generation %d, members %s",
+                 time.monotonic() - t0, self.state, self.generation, sorted(self.members))
+
+    async def _race(self, sub: frozenset[int]) -> None:
+        self.state = RACING
+        self.stats.races += 1
+        self._announce()
+        if 2 * len(sub) < len(self.members):
+            await trio.sleep(self.opts.minority_delay)    # the larger side gets a head start
+        deadline = trio.current_time() + self.opts.race_timeout
+        try:
+            deleg = await self._attach_coordinator(deadline)
+        except Unavailable as exc:
+            self.eject(f"lost the race: {exc}")
+            return
+        try:
+            while True:
+                m = await self._read(deleg)
+                result = decisions.plan_race(m, self.opts.cluster_id, self.me, sub, time.time())
+                if not result.won:
+                    self._adopt(m)
+                    self.eject(f"lost the race ({result.reason})")
+                    return
+                if result.new is None:
+                    self._adopt(m)
+                    break
+                try:
+                    await self._cas(deleg, m, result.new)
+                except Conflict:
+                    continue          # changed under us: judge again on what is there now
+                self._adopt(result.new)
+                break
+        except ChecksumError as exc:
+            self.eject(f"coordinator unusable during the race: {exc}")
+            return
+        except FencevolError as exc:
+            self.eject(f"race failed: {exc}")
+            return
+        finally:
+            await self._detach(deleg)
+        self.stats.races_won += 1
+        self.state = MEMBER
+        self._announce()
+        self.stats.last_change = {"event": "won race", "generation": self.generation,
+                                  "removed": sorted(result.victims), "at": time.time()}
+        log.warning("node %d won the race: generation %d, members %s, removed %s", self.me,
+                    self.generation, sorted(self.members), sorted(result.victims))
+        await self._fence(result.victims)
+
+    async def _await_racer(self, racer: int, lost: frozenset[int]) -> None:
+        """Figure 10, 1055/1060: follow the racer's result, or eject if it lost or
+        went silent."""
+        deadline = trio.current_time() + self.opts.race_timeout + self.opts.timeout
+        while trio.current_time() < deadline:
+            peer = self.hb.peers.get(racer)
+            if peer is None or racer not in self.hb.reachable():
+                self.eject(f"racer node {racer} went silent")
+                return
+            if peer.state == EJECTED:
+                self.eject(f"racer node {racer} lost the race")
+                return
+            if peer.state == MEMBER and peer.generation > self.generation:
+                if self.me not in peer.members:
+                    self.eject(f"racer node {racer} won without this node")
+                    return
+                removed = self.members - peer.members
+                self.generation, self.members = peer.generation, peer.members
+                log.warning("node %d: racer node %d won; generation %d, members %s", self.me,
+                            racer, self.generation, sorted(self.members))
+                await self._fence(removed)
+                return
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+            self._changed = trio.Event()
+        self.eject(f"racer node {racer} did not finish the race in time")
+
+    async def _fence(self, victims) -> None:
+        """Ask the server to fence ``victims`` (every survivor does, in parallel);
+        returns once the server confirmed."""
+        victims = sorted(set(victims) - {self.me})
+        if not victims:
+            return
+        self.stats.fences_requested += 1
+        lease = self.node.lease
+        timeout = lease["duration"] + lease.get("margin", 1.0) + 10
+        t0 = time.monotonic()
+        while True:
+            try:
+                r, _ = await self.node.link.call(
+                    "fence", {"coordinator": self.opts.coordinator, "victims": victims},
+                    timeout=timeout)
+                break
+            except Unavailable as exc:
+                log.warning("fence request failed (%s); retrying", exc)
+                await trio.sleep(0.5)
+        log.warning("nodes %s fenced (%.3fs; acknowledged by %s, lease ran out for %s)", victims,
+                    time.monotonic() - t0, r.get("acknowledged"), r.get("lease_expired"))
+
+    # -- status ---------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        now = time.monotonic()
+        return {"cluster_id": self.opts.cluster_id, "coordinator": self.opts.coordinator,
+                "state": self.state, "reason": self.reason, "generation": self.generation,
+                "members": sorted(self.members), "incarnation": self.incarnation,
+                "reachable": sorted(self.hb.reachable(now)),
+                "problems": sorted(self.hb.problems.values()),
+                "peers": [p.describe(now) for p in sorted(self.hb.peers.values(), key=lambda p: p.node)],
+                "heartbeat": {"interval": self.opts.interval, "timeout": self.opts.timeout,
+                              "links": [f"{h}:{p}" for h, p in self.opts.links],
+                              "sent": self.hb.sent, "received": self.hb.received},
+                "races": self.stats.races, "races_won": self.stats.races_won,
+                "last_change": self.stats.last_change}
+

@@ -1,0 +1,202 @@
+"""UDP heartbeats on one or more private links (patent ¶0003: redundant links).
+
+Each node sends, every ``interval`` seconds on every link, a datagram to each
+peer's address on that link::
+
+    JSON {"v": 1, "c": cluster, "n": node, "i": incarnation, "q": seq,
+          "st": state, "g": generation, "m": [members], "h": [nodes heard],
+          "p": peer-list hash}  +  16-byte HMAC-SHA256 tag (key derived from the
+          cluster key)
+
+A peer is *reachable* when a heartbeat from it arrived on any link within
+``timeout`` and that heartbeat says it hears this node too (so a one-way cut is
+seen by both sides). Forged, foreign-cluster and unknown-node datagrams are
+dropped and logged once."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import trio
+
+from fencevol.crc import crc32c
+
+log = logging.getLogger("vclient.heartbeat")
+
+TAG = 16
+MAX_DATAGRAM = 4096
+
+
+def heartbeat_key(cluster_key: bytes) -> bytes:
+    return hmac.new(cluster_key, b"fencevol heartbeat v1", hashlib.sha256).digest()
+
+
+def peers_hash(node_ids) -> int:
+    return crc32c(",".join(str(n) for n in sorted(node_ids)).encode())
+
+
+@dataclass
+class PeerState:
+    node: int
+    addresses: list[tuple[str, int]]
+    last_heard: float = -1e9
+    last_link: int = -1
+    heard_on: dict[int, float] = field(default_factory=dict)
+    incarnation: int = 0
+    state: str = ""
+    generation: int = 0
+    members: frozenset[int] = frozenset()
+    hears: frozenset[int] = frozenset()
+    peers_hash: int = 0
+
+    def describe(self, now: float) -> dict:
+        return {"node": self.node, "state": self.state, "generation": self.generation,
+                "members": sorted(self.members),
+                "last_heard": None if self.last_heard < 0 else round(now - self.last_heard, 3),
+                "links": {str(i): round(now - t, 3) for i, t in sorted(self.heard_on.items())}}
+
+
+class Heartbeats:
+    def __init__(self, cluster_id: str, node: int, key: bytes, links: list[tuple[str, int]],
+                 peers: dict[int, list[tuple[str, int]]], interval: float, timeout: float,
+                 snapshot: Callable[[], dict], on_change: Callable[[], None]):
+        self.cluster_id = cluster_id
+        self.node = node
+        self.key = heartbeat_key(key)
+        self.links = links
+        self.peers = {n: PeerState(n, addrs) for n, addrs in peers.items()}
+        self.interval = interval
+        self.timeout = timeout
+        self.snapshot = snapshot          # -> {"i", "st", "g", "m"} of this node, now
+        self.on_change = on_change        # called when a peer's announced view changes
+        self.hash = peers_hash(list(peers) + [node])
+        self.seq = 0
+        self.sockets: list[trio.socket.SocketType] = []
+        self.problems: dict[str, str] = {}   # sticky configuration errors, by kind
+        self._logged: set[str] = set()
+        self._kick = trio.Event()
+        self.sent = 0
+        self.received = 0
+
+    # -- state ------------------------------------------------------------------------------
+    def reachable(self, now: float | None = None) -> frozenset[int]:
+        """This node plus every peer heard recently that hears it too."""
+        now = time.monotonic() if now is None else now
+        return frozenset({self.node} | {p.node for p in self.peers.values()
+                                        if now - p.last_heard < self.timeout and self.node in p.hears})
+
+    def heard(self, now: float | None = None) -> frozenset[int]:
+        now = time.monotonic() if now is None else now
+        return frozenset(p.node for p in self.peers.values() if now - p.last_heard < self.timeout)
+
+    def kick(self) -> None:
+        """Send a heartbeat now (state changed)."""
+        self._kick.set()
+
+    # -- wire -------------------------------------------------------------------------------
+    def _encode(self) -> bytes:
+        snap = self.snapshot()
+        self.seq += 1
+        body = json.dumps({"v": 1, "c": self.cluster_id, "n": self.node, "i": snap["i"],
+                           "q": self.seq, "st": snap["st"], "g": snap["g"], "m": sorted(snap["m"]),
+                           "h": sorted(self.heard()), "p": self.hash},
+                          separators=(",", ":")).encode()
+        return body + hmac.new(self.key, body, hashlib.sha256).digest()[:TAG]
+
+    def _once(self, kind: str, message: str, *args) -> None:
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.error(message, *args)
+
+    def receive(self, data: bytes, link: int, addr, now: float) -> None:
+        if len(data) <= TAG or len(data) > MAX_DATAGRAM:
+            return self._once(f"size{addr}", "dropping malformed heartbeat from %s", addr)
+        body, tag = data[:-TAG], data[-TAG:]
+        if not hmac.compare_digest(tag, hmac.new(self.key, body, hashlib.sha256).digest()[:TAG]):
+            return self._once(f"auth{addr}", "dropping heartbeat from %s: bad HMAC (wrong cluster key?)",
+                              addr)
+        try:
+            msg = json.loads(body)
+            sender = int(msg["n"])
+        except (ValueError, KeyError, TypeError):
+            return self._once(f"json{addr}", "dropping unparsable heartbeat from %s", addr)
+        if msg.get("c") != self.cluster_id:
+            return self._once(f"cluster{sender}", "heartbeat from node %s of cluster %r, not %r; "
+                              "ignored", sender, msg.get("c"), self.cluster_id)
+        if sender == self.node:
+            self.problems["duplicate"] = (f"another process at {addr} claims node id {self.node}")
+            return self._once("dup", "another node at %s uses this node's id %d", addr, self.node)
+        peer = self.peers.get(sender)
+        if peer is None:
+            return self._once(f"unknown{sender}", "heartbeat from node %d, which is not a "
+                              "configured peer; ignored", sender)
+        if msg.get("p") != self.hash:
+            self.problems["peers"] = f"node {sender} has a different peer list"
+            self._once(f"peers{sender}", "node %d has a different peer list than this node", sender)
+        self.received += 1
+        changed = (peer.generation, peer.state, peer.members) != (
+            int(msg.get("g", 0)), str(msg.get("st", "")), frozenset(msg.get("m", [])))
+        was_reachable = now - peer.last_heard < self.timeout and self.node in peer.hears
+        peer.last_heard = now
+        peer.heard_on[link] = now
+        peer.incarnation = int(msg.get("i", 0))
+        peer.state = str(msg.get("st", ""))
+        peer.generation = int(msg.get("g", 0))
+        peer.members = frozenset(int(m) for m in msg.get("m", []))
+        peer.hears = frozenset(int(h) for h in msg.get("h", []))
+        peer.peers_hash = int(msg.get("p", 0))
+        if changed or not was_reachable:
+            self.on_change()
+
+    # -- tasks ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        for host, port in self.links:
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            try:
+                await sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                from fencevol.errors import InvalidArgument
+                raise InvalidArgument(f"cannot listen for heartbeats on {host}:{port}: "
+                                      f"{exc.strerror}") from None
+            self.sockets.append(sock)
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for i, sock in enumerate(self.sockets):
+                nursery.start_soon(self._receiver, i, sock)
+            nursery.start_soon(self._sender)
+
+    async def _receiver(self, link: int, sock) -> None:
+        while True:
+            try:
+                data, addr = await sock.recvfrom(MAX_DATAGRAM + 1)
+            except OSError as exc:     # e.g. ICMP port unreachable surfacing as ECONNREFUSED
+                log.debug("heartbeat link %d: %s", link, exc)
+                continue
+            self.receive(data, link, addr, time.monotonic())
+
+    async def _sender(self) -> None:
+        while True:
+            data = self._encode()
+            for i, sock in enumerate(self.sockets):
+                for peer in self.peers.values():
+                    if i < len(peer.addresses):
+                        try:
+                            await sock.sendto(data, peer.addresses[i])
+                            self.sent += 1
+                        except OSError as exc:
+                            log.debug("heartbeat to node %d link %d: %s", peer.node, i, exc)
+            with trio.move_on_after(self.interval):
+                await self._kick.wait()
+            self._kick = trio.Event()

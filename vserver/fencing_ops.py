@@ -1,0 +1,318 @@
+"""Coordinator volumes, fencing and the persistent-reservation admin verbs.
+
+* ``coord_create`` / ``coord_show`` / ``coord_clear`` (admin): Figure 5 and status;
+* ``coord_write`` (node, holding the coordinator exclusively): compare-and-swap on
+  the generation, done here under the server's lock -- two racers can never both
+  win (S5), even if one of them lost its delegation while it was stopped;
+* ``fence`` (node): preempt-and-abort the victims' registrations on every disk and
+  revoke their delegations; answers only when each victim acknowledged (gate
+  closed, writes drained) or its lease plus margin ran out (S3);
+* ``pr_*`` (admin): READ KEYS, READ RESERVATION, PREEMPT, CLEAR in the manner of
+  sg_persist / vxfenadm."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from fencevol import coord
+from fencevol.coord import format_key, key_node
+from fencevol.errors import (Conflict, FencevolError, InUse, InvalidArgument, NotFound,
+                             ReservationConflict)
+from fencevol.units import parse_size
+
+from . import allocator
+from .delegations import REVOKED
+from .ops import (_arg, _commit, _io_target, _next_config, _resolve_disk, _volume_info, op,
+                  volume_read, volume_write)
+from .pr import TYPE_NAMES
+from .server import Session, VolumeServer
+from .storage import Disk, Group
+
+log = logging.getLogger("vserver.fencing")
+
+
+def _coordinator(srv: VolumeServer, spec: object):
+    group, vol = srv.find_volume(spec)
+    if vol.kind != "coordinator":
+        raise InvalidArgument(f"{group.name}/{vol.name} is not a coordinator volume")
+    return group, vol
+
+
+def read_membership(srv: VolumeServer, group: Group, vol) -> coord.Membership:
+    emap = srv.extent_map(group, vol)
+    raw = volume_read(group, emap, emap.plexes[0], 0, min(vol.size, coord.BLOCK))
+    return coord.decode(raw, f"coordinator {group.name}/{vol.name}")
+
+
+async def write_membership(srv: VolumeServer, group: Group, vol, m: coord.Membership) -> None:
+    emap = srv.extent_map(group, vol)
+    data = coord.encode(m)
+    fds = volume_write(group, emap, emap.plexes, 0, data)
+    await trio.to_thread.run_sync(lambda: [__import__("os").fdatasync(fd) for fd in fds])
+
+
+def _key_cluster_bits(cluster_id: str) -> int:
+    return coord.registration_key(cluster_id, 0, 0) >> 48
+
+
+# --- coordinator -----------------------------------------------------------------------------
+@op("coord_create")
+async def op_coord_create(srv: VolumeServer, sess, args, payload):
+    dg, name = _arg(args, "dg"), _arg(args, "name")
+    cluster_id = coord.check_cluster_id(_arg(args, "cluster_id"))
+    nodes = args.get("nodes")
+    if not isinstance(nodes, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in nodes):
+        raise InvalidArgument("nodes must be a list of node ids")
+    size = parse_size(args.get("size", "1M"), what="coordinator size")
+    layout = _arg(args, "layout", str, "concat")
+    initial = coord.initial(cluster_id, nodes)            # validates before anything is written
+    async with srv.config_lock:
+        group = srv.groups.get(dg)
+        if group is None:
+            raise NotFound(f"no disk group {dg}")
+        group.check_writable()
+        for v in group.config.volumes:
+            if v.kind == "coordinator" and v.cluster_id == cluster_id:
+                raise InvalidArgument(f"cluster {cluster_id} already has coordinator {dg}/{v.name}")
+        vol = allocator.create_volume(group.config, name, size, layout, kind="coordinator",
+                                      cluster_id=cluster_id)
+        cfg = _next_config(group.config, group.config.volumes + [vol])
+        # Write the content first: the volume only appears once it is initialized.
+        srv.install_config(group, group.config)
+        from .model import extent_map_wire
+        from fencevol.extents import ExtentMap
+        emap = ExtentMap(extent_map_wire(cfg, vol, group.disk_paths()))
+        data = coord.encode(initial) + bytes(min(vol.size, 64 << 10) - len(coord.encode(initial)))
+        fds = volume_write(group, emap, emap.plexes, 0, data)
+        await trio.to_thread.run_sync(lambda: [__import__("os").fdatasync(fd) for fd in fds])
+        await _commit(srv, group, cfg)
+    log.info("created coordinator %s/%s for cluster %s, nodes %s", dg, name, cluster_id, sorted(nodes))
+    return _volume_info(srv, group, vol) | {"membership": initial.to_json()}, b""
+
+
+@op("coord_show")
+async def op_coord_show(srv: VolumeServer, sess, args, payload):
+    group, vol = _coordinator(srv, args.get("volume"))
+    out = _volume_info(srv, group, vol)
+    try:
+        m = read_membership(srv, group, vol)
+    except FencevolError as exc:
+        return out | {"checksum_ok": False, "error": str(exc)}, b""
+    return out | {"checksum_ok": True, "membership": m.to_json()}, b""
+
+
+@op("coord_clear")
+async def op_coord_clear(srv: VolumeServer, sess, args, payload):
+    """After a whole-cluster crash: mark every node as not a member (like
+    vxfenclearpre). Refused while anyone holds the coordinator."""
+    group, vol = _coordinator(srv, args.get("volume"))
+    key = f"{group.name}/{vol.name}"
+    async with srv.vol_locks[key]:
+        await srv.expire_now()
+        if srv.table.on_volume(key):
+            raise InUse(f"{key} is attached; clear it only when the cluster is down")
+        m = read_membership(srv, group, vol)
+        new = m.changed({r.node_id: {"is_member": False} for r in m.records})
+        await write_membership(srv, group, vol, new)
+    log.warning("cleared coordinator %s (generation %d -> %d)", key, m.generation, new.generation)
+    return {"membership": new.to_json()}, b""
+
+
+@op("coord_write", role="node")
+async def op_coord_write(srv: VolumeServer, sess: Session, args, payload):
+    """Compare-and-swap: write ``payload`` only if the coordinator's generation is
+    ``expected_generation``, the caller holds it exclusively, and the new content
+    is the next generation of the same cluster and node set."""
+    group, vol, emap, _ = _io_target(srv, sess, args | {"offset": 0}, write=True)
+    if vol.kind != "coordinator":
+        raise InvalidArgument("coord_write is for coordinator volumes")
+    d = srv.table.by_id[args["delegation"]]
+    if d.mode not in ("ew", "ex"):
+        raise InvalidArgument("coord_write needs the coordinator attached exclusive-write")
+    expected = _arg(args, "expected_generation", int)
+    new = coord.decode(payload, "new coordinator content")
+    async with srv.vol_locks[f"{group.name}/{vol.name}:cas"]:
+        current = read_membership(srv, group, vol)
+        if current.generation != expected:
+            raise Conflict(f"coordinator generation is {current.generation}, not {expected}: "
+                           "someone else changed the membership")
+        if (new.generation != expected + 1 or new.cluster_id != current.cluster_id
+                or new.node_ids != current.node_ids):
+            raise InvalidArgument("new coordinator content must be the next generation of the "
+                                  "same cluster and nodes")
+        await write_membership(srv, group, vol, new)
+    log.info("node %d wrote coordinator %s/%s generation %d, members %s", sess.node, group.name,
+             vol.name, new.generation, sorted(new.members))
+    return {"generation": new.generation}, b""
+
+
+# --- fencing ------------------------------------------------------------------------------------
+@op("fence", role="node")
+async def op_fence(srv: VolumeServer, sess: Session, args, payload):
+    """Fence ``victims`` of the caller's cluster: the coordinator must list the
+    caller as a member and none of the victims."""
+    group, cvol = _coordinator(srv, args.get("coordinator"))
+    victims = args.get("victims")
+    if not isinstance(victims, list) or not all(isinstance(v, int) for v in victims):
+        raise InvalidArgument("victims must be a list of node ids")
+    victims = sorted(set(victims) - {sess.node})
+    m = read_membership(srv, group, cvol)
+    if sess.node not in m.members:
+        raise InvalidArgument(f"node {sess.node} is not a member of cluster {m.cluster_id}; "
+                              "only members may fence")
+    still = sorted(set(victims) & m.members)
+    if still:
+        raise InvalidArgument(f"nodes {still} are still members (generation {m.generation}); "
+                              "remove them from the coordinator first")
+    t0 = trio.current_time()
+    cluster_bits = _key_cluster_bits(m.cluster_id)
+    async with srv.fence_lock:
+        # 1. PREEMPT AND ABORT every registration of the victims, on every disk.
+        changed: list[Disk] = []
+        preempted = 0
+        for disk in srv.disks.values():
+            if disk.problems or not disk.label or not disk.label.dg_name:
+                continue
+            t = disk.pr
+            hit = False
+            for key in list(t.registrations):
+                if key_node(key) in victims and key >> 48 == cluster_bits:
+                    if srv.server_key not in t.registrations:
+                        t.register(srv.server_key, 0, time.time())
+                    t.preempt(srv.server_key, key)
+                    preempted += 1
+                    hit = True
+            if hit:
+                changed.append(disk)
+        if changed:
+            await trio.to_thread.run_sync(lambda: [disk.write_pr() for disk in changed])
+        # 2. Abort: revoke their delegations; wait for acks or lease + margin.
+        delegs = [d for d in srv.table.by_id.values() if d.node in victims]
+        await srv.revoke(delegs, "fence")
+        acked = sorted({d.node for d in delegs if d.state == REVOKED})
+        expired = sorted({d.node for d in delegs if d.state != REVOKED})
+        for d in delegs:
+            srv.table.release(d.id)
+        srv.notify()
+        await srv.persist_delegations()
+    seconds = trio.current_time() - t0
+    log.warning("node %d fenced nodes %s of cluster %s: %d key(s) preempted, acknowledged by %s, "
+                "lease expired for %s, %.3fs", sess.node, victims, m.cluster_id, preempted, acked,
+                expired, seconds)
+    return {"fenced": victims, "preempted": preempted, "acknowledged": acked,
+            "lease_expired": expired, "seconds": round(seconds, 4)}, b""
+
+
+# --- PR admin verbs --------------------------------------------------------------------------------
+def _pr_disks(srv: VolumeServer, args: dict) -> list[Disk]:
+    ref = args.get("disk")
+    if ref in (None, "", "all"):
+        return [d for d in srv.disks.values() if d.label and d.label.dg_name]
+    return [_resolve_disk(srv, ref)]
+
+
+def _describe_keys(srv: VolumeServer, disk: Disk) -> dict:
+    t = disk.pr
+    res = t.reservation
+    return {"disk": disk.name, "path": disk.path, "generation": t.generation,
+            "keys": [{"key": format_key(k), "node": v["node"],
+                      "owner": "server" if k == srv.server_key else
+                      ("another server" if key_node(k) == 0 else f"node {v['node']}")}
+                     for k, v in sorted(t.registrations.items())],
+            "reservation": None if res is None else {
+                "key": format_key(res[0]), "type": res[1], "type_name": TYPE_NAMES[res[1]]},
+            "preempted": [format_key(k) for k in t.preempted]}
+
+
+@op("pr_read_keys")
+async def op_pr_read_keys(srv: VolumeServer, sess, args, payload):
+    return {"disks": [_describe_keys(srv, d) for d in _pr_disks(srv, args)]}, b""
+
+
+@op("pr_read_reservation")
+async def op_pr_read_reservation(srv: VolumeServer, sess, args, payload):
+    return {"disks": [_describe_keys(srv, d) for d in _pr_disks(srv, args)]}, b""
+
+
+@op("pr_preempt")
+async def op_pr_preempt(srv: VolumeServer, sess, args, payload):
+    """Preempt a key (``key``) or every key of a node (``node``) with the server's
+    own registration, and revoke that node's delegations (PREEMPT AND ABORT)."""
+    key, node = args.get("key"), args.get("node")
+    if (key is None) == (node is None):
+        raise InvalidArgument("give exactly one of key or node")
+    if key is not None:
+        try:
+            key = int(str(key), 16) if isinstance(key, str) else int(key)
+        except ValueError:
+            raise InvalidArgument(f"bad key {args.get('key')!r}") from None
+        if key == srv.server_key:
+            raise InvalidArgument("refusing to preempt the server's own key")
+    async with srv.fence_lock:
+        hit: list[Disk] = []
+        nodes = set()
+        for disk in _pr_disks(srv, args):
+            t = disk.pr
+            victims = [k for k in t.registrations if k == key or (node is not None and key_node(k) == node
+                                                                   and k != srv.server_key)]
+            for k in victims:
+                t.preempt(srv.server_key, k)
+                nodes.add(key_node(k))
+            if victims:
+                hit.append(disk)
+        if not hit:
+            raise NotFound("no such registration on the given disk(s)")
+        await trio.to_thread.run_sync(lambda: [d.write_pr() for d in hit])
+        delegs = [d for d in srv.table.by_id.values() if d.node in nodes]
+        await srv.revoke(delegs, "fence")
+        for d in delegs:
+            srv.table.release(d.id)
+        srv.notify()
+        await srv.persist_delegations()
+    log.warning("admin preempted %s on %s", format_key(key) if key is not None else f"node {node}",
+                ", ".join(d.name for d in hit))
+    return {"disks": [_describe_keys(srv, d) for d in hit]}, b""
+
+
+@op("pr_clear")
+async def op_pr_clear(srv: VolumeServer, sess, args, payload):
+    """CLEAR: drop every registration and the reservation, then restore the
+    server's own registration and WERO reservation. Tombstones stay."""
+    if args.get("disk") in (None, "", "all"):
+        raise InvalidArgument("pr clear needs one disk")
+    disk = _resolve_disk(srv, args["disk"])
+    if srv.table.by_id and any(disk.id in srv.find_volume(d.volume)[1].disk_ids()
+                               for d in srv.table.by_id.values()):
+        raise InUse(f"disk {disk.name} has attached volumes; detach them first")
+    t = disk.pr
+    if srv.server_key not in t.registrations:
+        t.register(srv.server_key, 0, time.time())
+    t.clear(srv.server_key)
+    t.register(srv.server_key, 0, time.time())
+    t.reserve(srv.server_key, "WERO")
+    await trio.to_thread.run_sync(disk.write_pr)
+    log.warning("admin cleared the reservations of disk %s", disk.name)
+    return {"disks": [_describe_keys(srv, disk)]}, b""
+
+
+@op("pr_forget")
+async def op_pr_forget(srv: VolumeServer, sess, args, payload):
+    """Forget a preempted key so it may register again (after an admin checked
+    the node is really gone; normally nodes rejoin with a new key instead)."""
+    try:
+        key = int(str(_arg(args, "key")), 16)
+    except ValueError:
+        raise InvalidArgument(f"bad key {args.get('key')!r}") from None
+    hit = [d for d in _pr_disks(srv, args) if key in d.pr.preempted]
+    if not hit:
+        raise NotFound(f"key {format_key(key)} is not preempted on the given disk(s)")
+    for d in hit:
+        d.pr.forget_tombstone(key)
+    await trio.to_thread.run_sync(lambda: [d.write_pr() for d in hit])
+    return {"disks": [_describe_keys(srv, d) for d in hit]}, b""
+
+
+__all__ = ["ReservationConflict"]
