@@ -38,3 +38,30 @@ def clients(server, tmp_path):
     finally:
         for c in started:
             c.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """After the session: no fencevol mount, nftables table or daemon may remain.
+    Leftovers are cleaned up and reported as an error, so leaks cannot hide."""
+    yield
+    import subprocess
+    from harness import force_unmount
+    leaks = []
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if " fuse.fencevol " in line]
+    for m in mounts:
+        leaks.append(f"mount {m}")
+        force_unmount(m)
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    for line in tables.splitlines():
+        if "fencevol_" in line:
+            leaks.append(line.strip())
+            subprocess.run(["nft", "delete"] + line.split()[1:], capture_output=True)
+    procs = subprocess.run(["pgrep", "-f", "-a", "vclient run|vserver serve|tools/writer.py"],
+                           capture_output=True, text=True).stdout.splitlines()
+    procs = [p for p in procs if "pytest-of" in p or "/tmp/pytest" in p]
+    for p in procs:
+        leaks.append(f"process {p[:120]}")
+        subprocess.run(["kill", "-9", p.split()[0]], capture_output=True)
+    assert not leaks, "tests left these behind: " + "; ".join(leaks)

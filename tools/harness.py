@@ -190,23 +190,27 @@ class Client:
             self.proc.stdout.close()
 
     def stop(self) -> int | None:
+        """SIGCONT, SIGTERM, then SIGKILL; unmount. Never raises."""
         rc = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    os.kill(self.proc.pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-                self.proc.terminate()
-                try:
-                    rc = self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            else:
-                rc = self.proc.returncode
-            if self.proc.stdout:
-                self.proc.stdout.close()
+        try:
+            if self.proc is not None:
+                if self.proc.poll() is None:
+                    try:
+                        os.kill(self.proc.pid, signal.SIGCONT)
+                        self.proc.terminate()
+                    except ProcessLookupError:
+                        pass
+                    try:
+                        rc = self.proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        self.proc.kill()
+                        self.proc.wait(10)
+                else:
+                    rc = self.proc.returncode
+                if self.proc.stdout and not self.proc.stdout.closed:
+                    self.proc.stdout.close()
+        except Exception as exc:                      # cleanup goes on regardless
+            print(f"harness: stopping vclient {self.node_id}: {exc!r}", file=sys.stderr)
         force_unmount(self.mount)
         return rc
 
@@ -221,3 +225,185 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def free_udp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports that were free a moment ago (the kernel picks; small race accepted)."""
+    import socket
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+class Nft:
+    """One nftables table of drop rules on loopback UDP ports; ``remove`` deletes
+    the whole table (idempotent), so nothing is left behind."""
+
+    def __init__(self, table: str):
+        self.table = table
+        self.created = False
+
+    def _nft(self, *args: str) -> None:
+        cp = subprocess.run(["nft", *args], capture_output=True, text=True, timeout=10)
+        if cp.returncode != 0:
+            raise RuntimeError(f"nft {' '.join(args)}: {cp.stderr.strip()}")
+
+    def _ensure(self) -> None:
+        if not self.created:
+            self._nft("add", "table", "inet", self.table)
+            self._nft("add", "chain", "inet", self.table, "input",
+                      "{ type filter hook input priority 0; policy accept; }")
+            self.created = True
+
+    def drop_between(self, ports_a, ports_b) -> None:
+        """Drop UDP both ways between any port of ``ports_a`` and any of ``ports_b``,
+        both directions in one nft transaction (the cut is instantaneous)."""
+        self._ensure()
+        a = "{ " + ", ".join(str(p) for p in ports_a) + " }"
+        b = "{ " + ", ".join(str(p) for p in ports_b) + " }"
+        script = (f"add rule inet {self.table} input udp sport {a} udp dport {b} drop\n"
+                  f"add rule inet {self.table} input udp sport {b} udp dport {a} drop\n")
+        cp = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10)
+        if cp.returncode != 0:
+            raise RuntimeError(f"nft: {cp.stderr.strip()}")
+
+    def remove(self) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True, timeout=10)
+        self.created = False
+
+
+class Cluster:
+    """A server, a disk group with data volumes and a coordinator, and ``n`` cluster
+    nodes on one machine (heartbeats on loopback, ``links`` links per node)."""
+
+    def __init__(self, workdir: Path, n: int, cluster_id: str = "fvtest", links: int = 1,
+                 volumes: tuple[tuple[str, str, tuple[str, ...]], ...] = (("data", "32M", ()),),
+                 server_args: tuple[str, ...] = (), node_args: tuple[str, ...] = ()):
+        self.workdir = Path(workdir)
+        self.n = n
+        self.cluster_id = cluster_id
+        self.links = links
+        self.volumes = volumes
+        self.server = Server(self.workdir / "state", *server_args)
+        self.node_args = list(node_args)
+        self.ports = {i: free_udp_ports(links) for i in range(1, n + 1)}
+        self.nodes: dict[int, Client] = {}
+        self.nft = Nft(f"fencevol_{os.getpid()}_{id(self) % 100000}")
+        self.disks: list[str] = []
+
+    def hosts(self, link: int) -> str:
+        return f"127.0.0.{link + 1}"
+
+    def setup(self, disks: int = 2, disk_size: str = "128M") -> "Cluster":
+        self.server.start()
+        for i in range(disks):
+            p = str(self.workdir / f"disk{i}.img")
+            vctl(self.server, "disk", "init", p, "--size", disk_size)
+            self.disks.append(p)
+        vctl(self.server, "dg", "create", "dg", *self.disks)
+        for name, size, args in self.volumes:
+            vctl(self.server, "vol", "create", "dg", name, size, *args)
+        vctl(self.server, "coord", "create", "dg", "coord", "--cluster-id", self.cluster_id,
+             "--nodes", ",".join(str(i) for i in range(1, self.n + 1)))
+        return self
+
+    def node_command_args(self, i: int) -> list[str]:
+        args = ["--cluster-id", self.cluster_id, "--coordinator", "dg/coord"]
+        for link, port in enumerate(self.ports[i]):
+            args += ["--heartbeat", f"{self.hosts(link)}:{port}"]
+        for j in range(1, self.n + 1):
+            if j != i:
+                args += ["--peer", f"{j}=" + ",".join(f"{self.hosts(link)}:{p}"
+                                                       for link, p in enumerate(self.ports[j]))]
+        return args + self.node_args
+
+    def client(self, i: int, *attach: str, extra: tuple[str, ...] = ()) -> Client:
+        c = Client(self.server, i, self.workdir, *attach,
+                   extra=tuple(self.node_command_args(i)) + tuple(extra))
+        self.nodes[i] = c
+        return c
+
+    def start(self, i: int, *attach: str, extra: tuple[str, ...] = (), wait: bool = True) -> Client:
+        return self.client(i, *attach, extra=extra).start(wait=wait)
+
+    def partition(self, side_a, side_b) -> None:
+        """Cut every heartbeat link between the nodes of ``side_a`` and ``side_b``."""
+        pa = [p for i in side_a for p in self.ports[i]]
+        pb = [p for i in side_b for p in self.ports[i]]
+        self.nft.drop_between(pa, pb)
+
+    def heal(self) -> None:
+        self.nft.remove()
+
+    def cluster_state(self, i: int) -> dict:
+        return self.nodes[i].status()["cluster"]
+
+    def stop(self) -> None:
+        """Remove the nft table, stop every node (continuing stopped ones first) and
+        the server. Each step runs even if an earlier one failed."""
+        try:
+            self.heal()
+        finally:
+            for c in self.nodes.values():
+                c.stop()
+            try:
+                self.server.stop()
+            except Exception as exc:
+                print(f"harness: stopping vserver: {exc!r}", file=sys.stderr)
+
+
+class WriterProc:
+    """tools/writer.py as a subprocess, and its log parsed."""
+
+    def __init__(self, file, node: int, slots: str, log: Path, control: str | None = None,
+                 interval: float = 0.01, fsync_every: int = 0):
+        self.log = Path(log)
+        cmd = [sys.executable, str(Path(__file__).parent / "writer.py"), "--file", str(file),
+               "--node", str(node), "--slots", slots, "--log", str(log),
+               "--interval", str(interval), "--fsync-every", str(fsync_every)]
+        if control:
+            cmd += ["--control", control]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+
+    def entries(self) -> list[tuple]:
+        """(time, seq, slot, outcome, errno) per line."""
+        out = []
+        if not self.log.exists():
+            return out
+        for line in self.log.read_text().splitlines():
+            p = line.split()
+            if len(p) >= 4 and p[1].isdigit():
+                out.append((float(p[0]), int(p[1]), int(p[2]), p[3], int(p[4]) if len(p) > 4 else 0))
+        return out
+
+    def oks_after(self, t: float) -> list[tuple]:
+        return [e for e in self.entries() if e[3] == "ok" and e[0] >= t]
+
+    def errors_after(self, t: float) -> list[tuple]:
+        return [e for e in self.entries() if e[3] == "err" and e[0] >= t]
+
+    def stop(self, timeout: float = 30) -> bool:
+        """TERM, then KILL; never raises. False if the process is still there (it is
+        blocked on a stopped FUSE daemon: continue or stop that daemon first)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    return False
+        if self.proc.stderr and not self.proc.stderr.closed:
+            self.proc.stderr.close()
+        return True

@@ -59,6 +59,7 @@ class Stats:
     races_won: int = 0
     fences_requested: int = 0
     last_change: dict = field(default_factory=dict)
+    last_fence: dict = field(default_factory=dict)
 
 
 class FenceDriver:
@@ -77,6 +78,7 @@ class FenceDriver:
         self._changed = trio.Event()
         self._busy = trio.Lock()          # one flow (join, leave, race) at a time
         self.left_nodes: set[int] = set()
+        self.fencing: list[int] = []      # victims whose fence is in progress
 
     # -- heartbeat glue ---------------------------------------------------------------------
     def _snapshot(self) -> dict:
@@ -271,8 +273,9 @@ class FenceDriver:
             else:
                 await self._await_racer(racer, lost)
         finally:
-            if self.state != EJECTED:
-                self.node.resume_all("membership")
+            # An ejected node's gates are fenced, which dominates any pause; lifting
+            # the pause keeps a later rejoin from finding it still set.
+            self.node.resume_all("membership")
         log.info("membership change handled in %.3fs: state %s, generation %d, members %s",
                  time.monotonic() - t0, self.state, self.generation, sorted(self.members))
 
@@ -359,15 +362,22 @@ class FenceDriver:
         lease = self.node.lease
         timeout = lease["duration"] + lease.get("margin", 1.0) + 10
         t0 = time.monotonic()
-        while True:
-            try:
-                r, _ = await self.node.link.call(
-                    "fence", {"coordinator": self.opts.coordinator, "victims": victims},
-                    timeout=timeout)
-                break
-            except Unavailable as exc:
-                log.warning("fence request failed (%s); retrying", exc)
-                await trio.sleep(0.5)
+        self.fencing = victims
+        try:
+            while True:
+                try:
+                    r, _ = await self.node.link.call(
+                        "fence", {"coordinator": self.opts.coordinator, "victims": victims},
+                        timeout=timeout)
+                    break
+                except Unavailable as exc:
+                    log.warning("fence request failed (%s); retrying", exc)
+                    await trio.sleep(0.5)
+        finally:
+            self.fencing = []
+        self.stats.last_fence = {"victims": victims, "seconds": round(time.monotonic() - t0, 3),
+                                 "acknowledged": r.get("acknowledged"),
+                                 "lease_expired": r.get("lease_expired"), "at": time.time()}
         log.warning("nodes %s fenced (%.3fs; acknowledged by %s, lease ran out for %s)", victims,
                     time.monotonic() - t0, r.get("acknowledged"), r.get("lease_expired"))
 
@@ -384,5 +394,6 @@ class FenceDriver:
                               "links": [f"{h}:{p}" for h, p in self.opts.links],
                               "sent": self.hb.sent, "received": self.hb.received},
                 "races": self.stats.races, "races_won": self.stats.races_won,
+                "fencing": self.fencing, "last_fence": self.stats.last_fence,
                 "last_change": self.stats.last_change}
 

@@ -1,0 +1,230 @@
+"""Split brain with real processes: partitions are nftables drops on the nodes'
+heartbeat ports, hangs are SIGSTOP. Patent Figures 9 (failover) and 10 (parallel)."""
+
+import errno
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import Cluster, WriterProc, vctl, vctl_json, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.fuse, pytest.mark.nft]
+
+BLOCK = 4096
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    made = []
+
+    def make(n, **kw):
+        c = Cluster(tmp_path, n, **kw)
+        c.writers = []
+        made.append(c)
+        return c.setup()
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.stop()                     # continues and stops the nodes: blocked writers wake
+            for w in c.writers:
+                w.stop()
+
+
+def writer(cluster, node, slots, **kw):
+    """A writer process on ``node``'s mount of dg/data, owning ``slots``."""
+    c = cluster.nodes[node]
+    w = WriterProc(c.path("dg/data"), node, slots, cluster.workdir / f"writer-{node}.log",
+                   control=c.control, **kw)
+    cluster.writers.append(w)
+    return w
+
+
+def states(cluster, nodes):
+    return {i: cluster.cluster_state(i)["state"] for i in nodes}
+
+
+def resolved(cluster, nodes):
+    """The states once some node was ejected and every other node is a member of a
+    view holding exactly the members (else None)."""
+    nodes = list(nodes)
+    st = {i: cluster.cluster_state(i) for i in nodes}
+    if any(s["state"] not in ("member", "ejected") for s in st.values()):
+        return None
+    members = [i for i, s in st.items() if s["state"] == "member"]
+    if not members or len(members) == len(nodes):
+        return None
+    return st if all(set(st[i]["members"]) == set(members) for i in members) else None
+
+
+def test_parallel_figure10(make_cluster):
+    c = make_cluster(4)
+    for i in range(1, 5):
+        c.start(i, "dg/data")
+    for i in range(1, 5):
+        wait_for(lambda: c.cluster_state(i)["members"] == [1, 2, 3, 4], 20, f"node {i} to see 4 members")
+    writers = {i: writer(c, i, f"{i * 100}-{i * 100 + 49}") for i in range(1, 5)}
+    if True:
+        wait_for(lambda: all(w.entries() for w in writers.values()), 10, "writers to start")
+        t_cut = time.time()
+        c.partition([1, 2], [3, 4])
+        st = wait_for(lambda: resolved(c, range(1, 5)), 30, "the partition to be resolved")
+        members = sorted(i for i, s in st.items() if s["state"] == "member")
+        assert members in ([1, 2], [3, 4]), st
+        losers = sorted(set(range(1, 5)) - set(members))
+        assert all(st[i]["state"] == "ejected" for i in losers)
+        t_resolved = time.time()
+        wait_for(lambda: all(writers[i].oks_after(t_resolved + 0.5) for i in members), 10,
+                 "survivors to keep writing")
+        wait_for(lambda: all(writers[i].errors_after(t_cut) for i in losers), 10,
+                 "losers' writes to fail")
+        for w in writers.values():
+            w.stop()
+        for i in losers:
+            assert all(e[4] == errno.EIO for e in writers[i].errors_after(t_cut))
+            assert writers[i].oks_after(t_resolved) == []
+    show = vctl_json(c.server, "coord", "show", "dg/coord")
+    assert show["checksum_ok"] and show["membership"]["members"] == members
+    keys = vctl_json(c.server, "pr", "read-keys")
+    registered = {k["node"] for d in keys for k in d["keys"] if k["owner"].startswith("node")}
+    assert registered == set(members)
+    # The losers rejoin after the heal, with new keys.
+    c.heal()
+    for i in losers:
+        info = subprocess.run([str(c.nodes[i].command()[0]), "join", "--control", c.nodes[i].control,
+                               "--json"], capture_output=True, text=True, timeout=60)
+        assert info.returncode == 0, info.stderr
+    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2, 3, 4] for i in range(1, 5)), 20,
+             "everyone to be a member again")
+    for i in losers:
+        fd = os.open(c.nodes[i].path("dg/data"), os.O_RDWR)
+        try:
+            assert os.pwrite(fd, b"back", i * 100 * BLOCK) == 4
+        finally:
+            os.close(fd)
+
+
+def test_failover_figure9_standby_takes_over_after_fence(make_cluster):
+    """Node 1 runs the application with an exclusive attach and hangs (SIGSTOP) as
+    the network partitions: node 2 wins, the server cannot reach node 1, so the
+    fence waits out its lease; only then may node 2 attach exclusively. When node
+    1 wakes up, not a single byte it writes reaches the disk."""
+    c = make_cluster(2)
+    n1 = c.start(1, "dg/data:ex")
+    n2 = c.start(2)
+    wait_for(lambda: c.cluster_state(2)["members"] == [1, 2], 20, "both members")
+    w = writer(c, 1, "0-63")
+    if True:
+        wait_for(lambda: len(w.entries()) > 20, 10, "node 1 writing")
+        rival = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
+                                "--control", n2.control], capture_output=True, text=True, timeout=30)
+        assert rival.returncode != 0 and "attached exclusive by node 1" in rival.stderr
+        os.kill(n1.proc.pid, signal.SIGSTOP)
+        t_stop = time.time()
+        c.partition([1], [2])
+        st = wait_for(lambda: (lambda s: s["members"] == [2] and s["last_fence"] and s)(
+            c.cluster_state(2)), 30, "node 2 to win and fence node 1")
+        lease = vctl_json(c.server, "status")["server"]["lease"]
+        # The server could not reach node 1: the fence waited out its lease + margin.
+        assert st["last_fence"]["lease_expired"] == [1] and st["last_fence"]["acknowledged"] == []
+        assert st["last_fence"]["at"] - t_stop >= lease["duration"] + lease["margin"] - 1.5
+        took = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
+                               "--control", n2.control], capture_output=True, text=True, timeout=30)
+        assert took.returncode == 0, took.stderr
+        # Node 2 owns the data now: overwrite node 1's slots with its own pattern.
+        fd = os.open(n2.path("dg/data"), os.O_RDWR)
+        try:
+            for slot in range(0, 64):
+                os.pwrite(fd, b"node=2 took over".ljust(BLOCK, b"#"), slot * BLOCK)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        t_told = time.time()
+        os.kill(n1.proc.pid, signal.SIGCONT)
+        wait_for(lambda: c.cluster_state(1)["state"] == "ejected", 20, "node 1 to eject itself")
+        wait_for(lambda: len(w.errors_after(t_told)) >= 3, 20, "node 1's writes to fail")
+        w.stop()
+    assert w.oks_after(t_told) == []
+    # Not one byte of node 1 landed after node 2 was told it was fenced.
+    show = vctl_json(c.server, "vol", "show", "dg/data")
+    for plex in show["plexes"]:
+        sd = plex["columns"][0]["subdisks"][0]
+        with open(sd["path"], "rb") as f:
+            f.seek(sd["disk_offset"])
+            region = f.read(64 * BLOCK)
+        assert region.count(b"node=2 took over") == 64   # no block of node 1 came back
+    assert vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["members"] == [2]
+
+
+def test_corrupt_coordinator_refuses_join(make_cluster, tmp_path):
+    c = make_cluster(2)
+    show = vctl_json(c.server, "vol", "show", "dg/coord")
+    sd = show["plexes"][0]["columns"][0]["subdisks"][0]
+    with open(sd["path"], "r+b") as f:
+        f.seek(sd["disk_offset"] + 80)             # inside node 1's record
+        b = f.read(1)
+        f.seek(sd["disk_offset"] + 80)
+        f.write(bytes([b[0] ^ 0x01]))
+    with open(sd["path"], "rb") as f:
+        f.seek(sd["disk_offset"])
+        before = f.read(4096)
+    r = vctl(c.server, "coord", "show", "dg/coord", check=False)
+    assert r.returncode != 0 and "checksum BAD" in r.stdout and "checksum mismatch" in r.stdout
+    n1 = c.client(1, "dg/data")
+    n1.start(wait=False)
+    assert n1.proc.wait(60) != 0
+    assert "checksum mismatch" in n1.log_text()
+    with open(sd["path"], "rb") as f:
+        f.seek(sd["disk_offset"])
+        assert f.read(4096) == before                # nothing overwritten
+    assert vctl_json(c.server, "status")["attachments"] == []
+
+
+@pytest.mark.parametrize("case", ["wrong cluster", "unknown node", "peer lists differ"])
+def test_bad_cluster_configuration_refuses_join(make_cluster, case):
+    c = make_cluster(2)
+    if case == "wrong cluster":
+        n = c.client(1, extra=())
+        cmd_args = [a if a != c.cluster_id else "othercluster" for a in c.node_command_args(1)]
+        n.command = lambda: [str(n.server and n.__class__.command(n)[0])]  # placeholder
+        from harness import Client
+        n = Client(c.server, 1, c.workdir, extra=tuple(cmd_args))
+        message = "belongs to cluster"
+    elif case == "unknown node":
+        from harness import Client
+        n = Client(c.server, 7, c.workdir, extra=tuple(c.node_command_args(1)))
+        message = "no record"
+    else:
+        c.start(2)
+        from harness import Client
+        args = c.node_command_args(1) + ["--peer", "5=127.0.0.1:9"]
+        n = Client(c.server, 1, c.workdir, extra=tuple(args))
+        message = "different peer list"
+    c.nodes[n.node_id] = n
+    n.start(wait=False)
+    assert n.proc.wait(60) != 0
+    assert message in n.log_text(), n.log_text()[-2000:]
+    m = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]
+    assert n.node_id not in m["members"]
+
+
+def test_graceful_leave_needs_no_fencing(make_cluster):
+    c = make_cluster(3)
+    for i in (1, 2, 3):
+        c.start(i, "dg/data")
+    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2, 3] for i in (1, 2, 3)), 20, "3 members")
+    r = subprocess.run([str(c.nodes[3].command()[0]), "leave", "--control", c.nodes[3].control],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    c.nodes[3].stop()
+    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 10, "2 members")
+    time.sleep(2.0)   # longer than the heartbeat timeout: nobody must race over the leaver
+    for i in (1, 2):
+        st = c.cluster_state(i)
+        assert st["state"] == "member" and st["races"] == 0
+    keys = vctl_json(c.server, "pr", "read-keys")
+    assert all(not d["preempted"] for d in keys)
