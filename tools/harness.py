@@ -38,10 +38,41 @@ def read_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
     return buf.decode().splitlines()[0]
 
 
+def wait_line_in_file(proc: subprocess.Popen, path: Path, timeout: float, what: str) -> str:
+    """First line of ``path`` (a detached daemon's stdout); fail fast if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if "\n" in text:
+            return text.splitlines()[0]
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout}s")
+        time.sleep(0.02)
+
+
+def launch(cmd: list[str], log: Path, what: str, timeout: float, detached: bool = False):
+    """Start a daemon with stderr appended to ``log``; return it and its readiness
+    line. Detached daemons write stdout to ``log``.out (no pipe to outlive)."""
+    with open(log, "ab") as logf:
+        if detached:
+            out = Path(str(log) + ".out")
+            with open(out, "wb") as outf:
+                proc = subprocess.Popen(cmd, stdout=outf, stderr=logf, stdin=subprocess.DEVNULL,
+                                        env=ENV, start_new_session=True)
+            return proc, wait_line_in_file(proc, out, timeout, what)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL,
+                                env=ENV, start_new_session=True)
+    return proc, read_line(proc, timeout, what)
+
+
 class Server:
     """A ``vserver serve`` subprocess on its own state directory."""
 
-    def __init__(self, state_dir: Path, *extra: str, log: Path | None = None):
+    def __init__(self, state_dir: Path, *extra: str, log: Path | None = None,
+                 detached: bool = False):
+        self.detached = detached
         self.state_dir = Path(state_dir)
         self.extra = list(extra)
         self.log = log or self.state_dir.parent / f"{self.state_dir.name}-vserver.log"
@@ -59,13 +90,9 @@ class Server:
     def start(self, listen: str | None = None) -> "Server":
         listen = listen or (self.address or "127.0.0.1:0")
         self._close_pipe()
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [str(VENV_BIN / "vserver"), "serve", "--state-dir", str(self.state_dir),
-             "--listen", listen, *self.extra],
-            stdout=subprocess.PIPE, stderr=logf, env=ENV, start_new_session=True)
-        logf.close()
-        line = read_line(self.proc, 20, "vserver")
+        self.proc, line = launch([str(VENV_BIN / "vserver"), "serve", "--state-dir", str(self.state_dir),
+                                  "--listen", listen, *self.extra], self.log, "vserver", 20,
+                                 self.detached)
         self.address = line.rsplit(" ", 1)[-1]
         return self
 
@@ -136,7 +163,8 @@ class Client:
     ``stop`` always leaves no process and no mount behind."""
 
     def __init__(self, server: Server, node_id: int, workdir: Path, *attach: str,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), detached: bool = False):
+        self.detached = detached
         self.server = server
         self.node_id = node_id
         self.mount = Path(workdir) / f"mnt{node_id}"
@@ -157,13 +185,14 @@ class Client:
     def start(self, wait: bool = True, timeout: float = 30) -> "Client":
         if not mounted(self.mount):          # a stale mount is the client's to clear
             self.mount.mkdir(exist_ok=True)
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=logf, env=ENV,
-                                     start_new_session=True)
-        logf.close()
-        if wait:
-            line = read_line(self.proc, timeout, f"vclient {self.node_id} (log {self.log})")
-            assert "mounted" in line, line
+        what = f"vclient {self.node_id} (log {self.log})"
+        if not wait:
+            with open(self.log, "ab") as logf:
+                self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=logf,
+                                             stdin=subprocess.DEVNULL, env=ENV, start_new_session=True)
+            return self
+        self.proc, line = launch(self.command(), self.log, what, timeout, self.detached)
+        assert "mounted" in line, line
         return self
 
     def path(self, volume: str) -> Path:

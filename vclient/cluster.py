@@ -262,11 +262,16 @@ class FenceDriver:
 
     async def _membership_change(self, lost: frozenset[int]) -> None:
         t0 = time.monotonic()
+        self.node.pause_all("membership")
+        # Peers cut at the same instant fall silent up to one heartbeat apart: let the
+        # view settle before judging the subcluster (else a racer would count a peer
+        # that is already gone and race as the majority).
+        await trio.sleep(self.opts.interval * 1.5)
         sub = self.hb.reachable() & (self.members | {self.me})
+        lost = self.members - sub
         racer = decisions.racer_of(sub)
         log.warning("node %d lost %s; subcluster %s, racer node %d", self.me, sorted(lost),
                     sorted(sub), racer)
-        self.node.pause_all("membership")
         try:
             if racer == self.me:
                 await self._race(sub)

@@ -228,3 +228,16 @@ def test_graceful_leave_needs_no_fencing(make_cluster):
         assert st["state"] == "member" and st["races"] == 0
     keys = vctl_json(c.server, "pr", "read-keys")
     assert all(not d["preempted"] for d in keys)
+
+
+def test_majority_survives_a_minority_partition(make_cluster):
+    """{1} | {2, 3}: node 1 is the lowest id but alone; the larger side wins
+    (the minority's racer starts late) and node 1 is fenced."""
+    c = make_cluster(3)
+    for i in (1, 2, 3):
+        c.start(i, "dg/data")
+    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2, 3] for i in (1, 2, 3)), 20, "3 members")
+    c.partition([1], [2, 3])
+    st = wait_for(lambda: resolved(c, (1, 2, 3)), 30, "the partition to be resolved")
+    assert st[1]["state"] == "ejected" and st[2]["members"] == [2, 3]
+    assert st[2]["races_won"] + st[3]["races_won"] == 1 and st[1]["races_won"] == 0

@@ -1,0 +1,311 @@
+"""tools/cluster: a whole fencevol cluster on one machine, for trying fencing out
+and for fault-injection scripts.
+
+  tools/cluster up N [--dir DIR] ...   server on fresh images, disk group "dg" with
+                                       volume "data" and coordinator "coord", N nodes
+  tools/cluster status [--json]        every node's view (membership, gates)
+  tools/cluster down                   stop everything, unmount, remove nft rules
+  tools/cluster start-node ID          (re)start one node with its recorded arguments
+  tools/cluster start-server           (re)start the server with its arguments
+
+Everything it starts is recorded in DIR/cluster.json (pids, ports, mounts, node
+ids, command lines); tools/fault/* find processes there, never by name. The
+nftables rules of tools/fault/partition live in the table named there, which
+`down` deletes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import (ENV, VENV_BIN, force_unmount, free_udp_ports, launch, mounted,  # noqa: E402
+                     vctl, wait_for)
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cluster"
+
+
+def state_path(d: Path) -> Path:
+    return d / "cluster.json"
+
+
+def load(d: Path) -> dict:
+    try:
+        return json.loads(state_path(d).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"cluster: no cluster in {d} (run `tools/cluster up N --dir {d}`)") from None
+
+
+def save(d: Path, st: dict) -> None:
+    tmp = state_path(d).with_suffix(".tmp")
+    tmp.write_text(json.dumps(st, indent=2, sort_keys=True) + "\n")
+    tmp.replace(state_path(d))
+
+
+class _ServerRef:
+    """Enough of harness.Server for vctl(): address and key."""
+
+    def __init__(self, st: dict):
+        self.address = st["server"]["address"]
+        self.key_file = st["server"]["key_file"]
+
+    @property
+    def env(self):
+        return dict(ENV, FENCEVOL_SERVER=self.address, FENCEVOL_KEY_FILE=self.key_file)
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:       # a zombie or a reused pid of another program does not count
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+    return not zombie and any(w in cmdline for w in (b"vclient", b"vserver", b"bindfs"))
+
+
+def stop_pid(pid: int | None, timeout: float = 15) -> None:
+    if not alive(pid):
+        return
+    for sig in (signal.SIGCONT, signal.SIGTERM):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def start_server(d: Path, st: dict) -> None:
+    srv = st["server"]
+    proc, line = launch(srv["argv"], Path(srv["log"]), "vserver", 20, detached=True)
+    srv["pid"] = proc.pid
+    srv["address"] = line.rsplit(" ", 1)[-1]
+    save(d, st)
+
+
+def start_node(d: Path, st: dict, node: str) -> None:
+    n = st["nodes"][node]
+    if alive(n.get("pid")):
+        raise SystemExit(f"cluster: node {node} is running (pid {n['pid']}); stop it first")
+    for disk, b in n.get("bindfs", {}).items():
+        if not alive(b.get("pid")):
+            force_unmount(b["mount"])
+            b["pid"] = start_bindfs(Path(b["source"]), Path(b["mount"]))
+    if not mounted(n["mount"]):
+        os.makedirs(n["mount"], exist_ok=True)
+    proc, _ = launch(n["argv"], Path(n["log"]), f"vclient {node} (log {n['log']})", 60, detached=True)
+    n["pid"] = proc.pid
+    save(d, st)
+
+
+def start_bindfs(source: Path, mountpoint: Path) -> int:
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["bindfs", "-f", "-o", "direct_io", str(source), str(mountpoint)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: mounted(mountpoint), 10, f"bindfs at {mountpoint}")
+    return proc.pid
+
+
+def cmd_up(args) -> int:
+    d = Path(args.dir).resolve()
+    if state_path(d).exists():
+        old = json.loads(state_path(d).read_text())
+        if alive(old.get("server", {}).get("pid")) or any(alive(n.get("pid")) for n in old["nodes"].values()):
+            raise SystemExit(f"cluster: a cluster is running in {d}; `tools/cluster down --dir {d}` first")
+        down(d, old, quiet=True)
+    if not 1 <= args.nodes <= 16:
+        raise SystemExit("cluster: between 1 and 16 nodes")
+    subprocess.run(["rm", "-rf", str(d)], check=True)
+    (d / "images").mkdir(parents=True)
+    table = f"fencevol_c{zlib.crc32(str(d).encode()):08x}"
+    cluster_id = args.cluster_id
+    st = {"dir": str(d), "cluster_id": cluster_id, "coordinator": "dg/coord", "volume": "dg/data",
+          "nft_table": table, "links": args.links, "nodes": {}, "disks": {}}
+    server_argv = [str(VENV_BIN / "vserver"), "serve", "--state-dir", str(d / "state"),
+                   "--listen", "127.0.0.1:0", "--lease", str(args.lease)]
+    st["server"] = {"argv": server_argv, "log": str(d / "vserver.log"), "state_dir": str(d / "state"),
+                    "key_file": str(d / "state" / "cluster.key")}
+    start_server(d, st)
+    # Pin the port so restarts keep it.
+    st["server"]["argv"][st["server"]["argv"].index("--listen") + 1] = st["server"]["address"]
+    save(d, st)
+    ref = _ServerRef(st)
+    disks = []
+    for k in range(args.disks):
+        sub = d / "images" / f"disk{k}"
+        sub.mkdir()
+        path = str(sub / f"disk{k}.img")
+        vctl(ref, "disk", "init", path, "--size", args.disk_size)
+        disks.append(path)
+        st["disks"][f"disk{k}"] = path
+    vctl(ref, "dg", "create", "dg", *disks)
+    layout = ["--layout", "mirror"] if args.disks >= 2 else []
+    vctl(ref, "vol", "create", "dg", "data", args.size, *layout)
+    n = args.nodes
+    vctl(ref, "coord", "create", "dg", "coord", "--cluster-id", cluster_id,
+         "--nodes", ",".join(str(i) for i in range(1, n + 1)))
+    ports = {i: free_udp_ports(args.links) for i in range(1, n + 1)}
+    host = lambda link: f"127.0.0.{link + 1}"  # noqa: E731
+    for i in range(1, n + 1):
+        argv = [str(VENV_BIN / "vclient"), "run", "--node-id", str(i), "--server", ref.address,
+                "--key-file", ref.key_file, "--mount", str(d / f"node{i}"),
+                "--control", str(d / f"node{i}.sock"), "--cluster-id", cluster_id,
+                "--coordinator", "dg/coord", "--pause-timeout", str(args.pause_timeout),
+                "--hb-timeout", str(args.hb_timeout)]
+        for link, p in enumerate(ports[i]):
+            argv += ["--heartbeat", f"{host(link)}:{p}"]
+        for j in range(1, n + 1):
+            if j != i:
+                argv += ["--peer", f"{j}=" + ",".join(f"{host(link)}:{p}" for link, p in enumerate(ports[j]))]
+        mode = "ex" if args.failover and i == 1 else "rw"
+        if not args.failover or i == 1:
+            argv += ["--attach", f"dg/data:{mode}"]
+        node = {"argv": argv, "mount": str(d / f"node{i}"), "control": str(d / f"node{i}.sock"),
+                "log": str(d / f"node{i}.log"), "ports": ports[i],
+                "heartbeat": [f"{host(link)}:{p}" for link, p in enumerate(ports[i])],
+                "file": str(d / f"node{i}" / "dg" / "data"), "bindfs": {}}
+        if args.disk_paths:
+            for name, path in st["disks"].items():
+                m = d / "paths" / f"node{i}" / name
+                node["bindfs"][name] = {"source": str(Path(path).parent), "mount": str(m),
+                                        "pid": start_bindfs(Path(path).parent, m)}
+                node["argv"] += ["--disk-path", f"{name}={m / Path(path).name}"]
+        st["nodes"][str(i)] = node
+        save(d, st)
+    for i in range(1, n + 1):
+        start_node(d, st, str(i))
+    if not args.quiet:
+        print_summary(st)
+    return 0
+
+
+def print_summary(st: dict) -> None:
+    print(f"cluster {st['cluster_id']} in {st['dir']} (state: {st['dir']}/cluster.json)")
+    print(f"server  pid {st['server']['pid']}  {st['server']['address']}  log {st['server']['log']}")
+    print(f"volume  {st['volume']} (file NODE_MOUNT/dg/data)   coordinator {st['coordinator']}")
+    for i, n in sorted(st["nodes"].items(), key=lambda kv: int(kv[0])):
+        print(f"node {i}  pid {n['pid']}  mount {n['mount']}  heartbeat {' '.join(n['heartbeat'])}")
+    print(f"\nexport FENCEVOL_SERVER={st['server']['address']} FENCEVOL_KEY_FILE={st['server']['key_file']}")
+    print(f"vclient status --control {st['nodes']['1']['control']}      tools/cluster down --dir {st['dir']}")
+
+
+def node_status(n: dict) -> dict | None:
+    cp = subprocess.run([str(VENV_BIN / "vclient"), "status", "--json", "--control", n["control"]],
+                        capture_output=True, text=True, timeout=10)
+    return json.loads(cp.stdout) if cp.returncode == 0 else None
+
+
+def cmd_status(args) -> int:
+    d = Path(args.dir).resolve()
+    st = load(d)
+    out = {}
+    for i, n in sorted(st["nodes"].items(), key=lambda kv: int(kv[0])):
+        try:
+            s = node_status(n) if alive(n.get("pid")) else None
+        except subprocess.TimeoutExpired:
+            s = {"error": "not answering (stopped?)"}
+        out[i] = s
+    if args.json:
+        print(json.dumps({"cluster": st, "nodes": out}, indent=2))
+        return 0
+    for i, s in out.items():
+        if s is None:
+            print(f"node {i}: not running")
+        elif "error" in s:
+            print(f"node {i}: {s['error']}")
+        else:
+            c = s.get("cluster", {})
+            gates = ", ".join(f"{v['name']}={v['gate']['state']}" for v in s["volumes"]) or "no volumes"
+            print(f"node {i}: {c.get('state')} generation {c.get('generation')} members {c.get('members')}"
+                  f" reachable {c.get('reachable')}  {gates}")
+    return 0
+
+
+def down(d: Path, st: dict, quiet: bool = False) -> None:
+    subprocess.run(["nft", "delete", "table", "inet", st["nft_table"]], capture_output=True)
+    for n in st["nodes"].values():
+        stop_pid(n.get("pid"))
+        force_unmount(n["mount"])
+        for b in n.get("bindfs", {}).values():
+            stop_pid(b.get("pid"))
+            force_unmount(b["mount"])
+    stop_pid(st.get("server", {}).get("pid"))
+    if not quiet:
+        print(f"cluster in {d} stopped; nftables table {st['nft_table']} removed")
+
+
+def cmd_down(args) -> int:
+    d = Path(args.dir).resolve()
+    down(d, load(d))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="tools/cluster", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="start a cluster of N nodes")
+    up.add_argument("nodes", type=int, metavar="N")
+    for p in [up] + [sub.add_parser(c, help=h) for c, h in (
+            ("down", "stop everything this tool started"),
+            ("status", "show every node's view"),
+            ("start-node", "(re)start one node"), ("start-server", "(re)start the server"))]:
+        p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where it lives (default {DEFAULT_DIR})")
+        if p.prog.endswith("status"):
+            p.add_argument("--json", action="store_true")
+        if p.prog.endswith("start-node"):
+            p.add_argument("node", metavar="ID")
+    up.add_argument("--links", type=int, default=1, choices=[1, 2], help="heartbeat links per node")
+    up.add_argument("--disks", type=int, default=2, help="backing images (default 2)")
+    up.add_argument("--disk-size", default="128M")
+    up.add_argument("--size", default="64M", help="size of dg/data (a mirror with 2+ disks)")
+    up.add_argument("--failover", action="store_true",
+                    help="node 1 attaches dg/data exclusively, the others stand by (Figure 9)")
+    up.add_argument("--disk-paths", action="store_true",
+                    help="give every node its own bindfs path to each disk (for tools/fault/cut-disk)")
+    up.add_argument("--cluster-id", default="fvcluster")
+    up.add_argument("--lease", type=float, default=4.0)
+    up.add_argument("--pause-timeout", type=float, default=30.0)
+    up.add_argument("--hb-timeout", type=float, default=1.25)
+    up.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    if args.cmd == "up":
+        return cmd_up(args)
+    if args.cmd == "down":
+        return cmd_down(args)
+    if args.cmd == "status":
+        return cmd_status(args)
+    d = Path(args.dir).resolve()
+    st = load(d)
+    if args.cmd == "start-server":
+        if alive(st["server"].get("pid")):
+            raise SystemExit(f"cluster: the server is running (pid {st['server']['pid']})")
+        start_server(d, st)
+    else:
+        if args.node not in st["nodes"]:
+            raise SystemExit(f"cluster: no node {args.node}")
+        start_node(d, st, args.node)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
