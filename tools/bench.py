@@ -82,14 +82,16 @@ def main() -> int:
     ap.add_argument("--runtime", type=float, default=4.0, help="seconds per fio run (default 4)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--size", default="256M", help="test region (default 256M)")
-    ap.add_argument("--only", choices=["paths", "extents", "rss"], action="append",
+    ap.add_argument("--only", choices=["paths", "extents", "rss", "fencing"], action="append",
                     help="run only these parts (repeatable)")
+    ap.add_argument("--fence-runs", type=int, default=5, help="runs per fencing case (default 5)")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     ap.add_argument("--record", metavar="FILE", help="append a dated markdown section to FILE")
     args = ap.parse_args()
     from fencevol.units import parse_size
     size = parse_size(args.size, align=MiB)
-    parts = args.only or ["paths", "extents", "rss"]
+    parts = args.only or ["paths", "extents", "rss", "fencing"]
+    results_needs_cluster = any(p in parts for p in ("paths", "extents", "rss"))
 
     work = Path(tempfile.mkdtemp(prefix="fencevol-bench-"))
     server = Server(work / "state")
@@ -239,6 +241,9 @@ def main() -> int:
         server.stop()
         subprocess.run(["rm", "-rf", str(work)])
 
+    if "fencing" in parts:
+        import fence_timing
+        results["fencing"] = fence_timing.measure(args.fence_runs)
     text = render(results)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -275,6 +280,9 @@ def render(res: dict) -> str:
             out.append(f"| {name} | {med['frag']['iops']:.0f} | {med['flat']['iops']:.0f} | "
                        f"{med['frag']['iops'] / med['flat']['iops']:.3f} | within 5% |")
         out.append("")
+    if "fencing" in res:
+        import fence_timing
+        out += [fence_timing.render(res["fencing"]), ""]
     if "rss" in res:
         out.append(f"Client peak RSS with {res['rss']['volumes']} volumes attached under fio load: "
                    f"{res['rss']['peak_bytes'] / MiB:.1f} MiB (target < 64 MiB).")
