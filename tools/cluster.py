@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import (ENV, VENV_BIN, force_unmount, free_udp_ports, launch, mounted,  # noqa: E402
-                     vctl, wait_for)
+                     vctl, wait_for, wait_line_in_file)
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cluster"
 
@@ -101,19 +101,32 @@ def start_server(d: Path, st: dict) -> None:
     save(d, st)
 
 
-def start_node(d: Path, st: dict, node: str) -> None:
-    n = st["nodes"][node]
-    if alive(n.get("pid")):
-        raise SystemExit(f"cluster: node {node} is running (pid {n['pid']}); stop it first")
-    for disk, b in n.get("bindfs", {}).items():
-        if not alive(b.get("pid")):
-            force_unmount(b["mount"])
-            b["pid"] = start_bindfs(Path(b["source"]), Path(b["mount"]))
-    if not mounted(n["mount"]):
-        os.makedirs(n["mount"], exist_ok=True)
-    proc, _ = launch(n["argv"], Path(n["log"]), f"vclient {node} (log {n['log']})", 60, detached=True)
-    n["pid"] = proc.pid
+def start_nodes(d: Path, st: dict, nodes: list[str]) -> None:
+    """Launch the nodes together (they join concurrently), then wait for each."""
+    procs = {}
+    for node in nodes:
+        n = st["nodes"][node]
+        if alive(n.get("pid")):
+            raise SystemExit(f"cluster: node {node} is running (pid {n['pid']}); stop it first")
+        for b in n.get("bindfs", {}).values():
+            if not alive(b.get("pid")):
+                force_unmount(b["mount"])
+                b["pid"] = start_bindfs(Path(b["source"]), Path(b["mount"]))
+        if not mounted(n["mount"]):
+            os.makedirs(n["mount"], exist_ok=True)
+        out = Path(n["log"] + ".out")
+        with open(n["log"], "ab") as logf, open(out, "wb") as outf:
+            procs[node] = subprocess.Popen(n["argv"], stdout=outf, stderr=logf, stdin=subprocess.DEVNULL,
+                                           env=ENV, start_new_session=True)
+        n["pid"] = procs[node].pid
     save(d, st)
+    for node, proc in procs.items():
+        n = st["nodes"][node]
+        wait_line_in_file(proc, Path(n["log"] + ".out"), 60, f"vclient {node} (log {n['log']})")
+
+
+def start_node(d: Path, st: dict, node: str) -> None:
+    start_nodes(d, st, [node])
 
 
 def start_bindfs(source: Path, mountpoint: Path) -> int:
@@ -191,8 +204,7 @@ def cmd_up(args) -> int:
                 node["argv"] += ["--disk-path", f"{name}={m / Path(path).name}"]
         st["nodes"][str(i)] = node
         save(d, st)
-    for i in range(1, n + 1):
-        start_node(d, st, str(i))
+    start_nodes(d, st, [str(i) for i in range(1, n + 1)])
     if not args.quiet:
         print_summary(st)
     return 0

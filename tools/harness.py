@@ -389,6 +389,21 @@ class Cluster:
                 print(f"harness: stopping vserver: {exc!r}", file=sys.stderr)
 
 
+def parse_writer_log(path: Path) -> list[tuple]:
+    """tools/writer.py's log: (time, seq, slot, outcome, errno or issue time)."""
+    out = []
+    path = Path(path)
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        p = line.split()
+        if len(p) >= 4 and p[1].isdigit():
+            extra = p[4] if len(p) > 4 else "0"
+            out.append((float(p[0]), int(p[1]), int(p[2]), p[3],
+                        float(extra) if p[3] == "ok" else int(extra)))
+    return out
+
+
 class WriterProc:
     """tools/writer.py as a subprocess, and its log parsed."""
 
@@ -404,15 +419,8 @@ class WriterProc:
                                      start_new_session=True)
 
     def entries(self) -> list[tuple]:
-        """(time, seq, slot, outcome, errno) per line."""
-        out = []
-        if not self.log.exists():
-            return out
-        for line in self.log.read_text().splitlines():
-            p = line.split()
-            if len(p) >= 4 and p[1].isdigit():
-                out.append((float(p[0]), int(p[1]), int(p[2]), p[3], int(p[4]) if len(p) > 4 else 0))
-        return out
+        """(time, seq, slot, outcome, errno) per line ("ok", "err" or "acked")."""
+        return parse_writer_log(self.log)
 
     def oks_after(self, t: float) -> list[tuple]:
         return [e for e in self.entries() if e[3] == "ok" and e[0] >= t]

@@ -6,7 +6,8 @@ Record (one 4 KiB block per slot, written O_DIRECT)::
     magic "FVREC001" | node u32 | incarnation u32 | generation u64 | seq u64 |
     wall time f64 | crc32c u32 (over the 44 bytes before it) | padding
 
-``--log`` gets one line per write: ``time seq slot ok|err errno``, and with
+``--log`` gets one line per write: ``time seq slot ok issued`` or ``time seq slot
+err errno`` (sequence numbers start at the start time in microseconds), and with
 ``--fsync-every N`` a line ``time seq slot acked`` for every record made durable
 by a successful fsync. The node's incarnation and membership generation come
 from its vclient control socket (``--control``), refreshed twice a second.
@@ -124,15 +125,18 @@ def main() -> int:
     fd = os.open(args.file, os.O_RDWR | os.O_DIRECT)
     unsynced: list[tuple[int, int]] = []
     with open(args.log, "a", buffering=1) as log:
-        print(f"{time.time():.6f} start node={args.node}", file=log)
-        seq = 0
+        # Sequence numbers start at the current time in microseconds, so they keep
+        # growing across writer restarts on one machine (the checker relies on it).
+        seq = time.time_ns() // 1000
+        print(f"{time.time():.6f} start node={args.node} seq={seq}", file=log)
         while not stop.is_set() and time.monotonic() < end:
             slot = slots[seq % len(slots)]
+            issued = time.time()
             buf.seek(0)
-            buf.write(encode(args.node, ident.incarnation, ident.generation, seq, time.time()))
+            buf.write(encode(args.node, ident.incarnation, ident.generation, seq, issued))
             try:
                 os.pwritev(fd, [buf], slot * BLOCK)
-                print(f"{time.time():.6f} {seq} {slot} ok", file=log)
+                print(f"{time.time():.6f} {seq} {slot} ok {issued:.6f}", file=log)
                 unsynced.append((seq, slot))
             except OSError as exc:
                 print(f"{time.time():.6f} {seq} {slot} err {exc.errno}", file=log)

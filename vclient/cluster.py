@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vclient.cluster")
 
 JOINING, MEMBER, RACING, EJECTED, LEFT, IDLE = "joining", "member", "racing", "ejected", "left", "idle"
+HISTORY = 200
 
 
 @dataclass
@@ -60,6 +61,15 @@ class Stats:
     fences_requested: int = 0
     last_change: dict = field(default_factory=dict)
     last_fence: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)     # bounded event log, wall-clock times
+
+    def record(self, event: str, **fields) -> dict:
+        entry = {"event": event, "at": time.time(), **fields}
+        self.history.append(entry)
+        del self.history[:-HISTORY]
+        if event != "fenced":
+            self.last_change = entry
+        return entry
 
 
 class FenceDriver:
@@ -151,19 +161,34 @@ class FenceDriver:
                 self.state = IDLE
                 raise decisions.JoinRefused("refusing to join: " + "; ".join(self.hb.problems.values()))
             deadline = trio.current_time() + self.opts.join_timeout
-            deleg = await self._attach_coordinator(deadline)
-            try:
-                m = await self._read(deleg)
-                reachable = self.hb.reachable()
-                live = frozenset(p for p in reachable - {self.me}
-                                 if self.hb.peers[p].state in (MEMBER, RACING))
-                plan = decisions.plan_join(m, self.opts.cluster_id, self.me, live, time.time())
-                await self._cas(deleg, m, plan.new)
-            except BaseException:
-                self.state = IDLE
-                raise
-            finally:
-                await self._detach(deleg)
+            while True:
+                deleg = await self._attach_coordinator(deadline)
+                try:
+                    m = await self._read(deleg)
+                    reachable = self.hb.reachable()
+                    live = frozenset(p for p in reachable - {self.me}
+                                     if self.hb.peers[p].state in (MEMBER, RACING))
+                    try:
+                        plan = decisions.plan_join(m, self.opts.cluster_id, self.me, live, time.time())
+                    except decisions.JoinRefused:
+                        # Members we hear but whose heartbeat still says "joining" got in
+                        # first: look again once their announcement arrives.
+                        pending = m.members - {self.me} - live
+                        if pending and pending <= reachable and trio.current_time() < deadline:
+                            plan = None
+                        else:
+                            raise
+                    if plan is not None:
+                        await self._cas(deleg, m, plan.new)
+                except BaseException:
+                    self.state = IDLE
+                    raise
+                finally:
+                    await self._detach(deleg)
+                if plan is not None:
+                    break
+                self.state = JOINING
+                await trio.sleep(self.opts.interval * 2)
             if plan.crash_reset:
                 log.warning("node %d was still recorded as a member (crashed without leaving); "
                             "reset its record (¶0056-57)", self.me)
@@ -172,8 +197,8 @@ class FenceDriver:
             self.reason = ""
             self.left_nodes.clear()
             self._announce()
-            self.stats.last_change = {"event": "joined", "generation": self.generation,
-                                      "at": time.time()}
+            self.stats.record("joined", generation=self.generation, incarnation=self.incarnation,
+                              members=sorted(self.members))
             log.info("node %d joined cluster %s: generation %d, members %s, incarnation %d",
                      self.me, self.opts.cluster_id, self.generation, sorted(self.members),
                      self.incarnation)
@@ -197,7 +222,7 @@ class FenceDriver:
             self._adopt(m)
             self.state = LEFT
             self._announce()
-            self.stats.last_change = {"event": "left", "generation": self.generation, "at": time.time()}
+            self.stats.record("left", generation=self.generation)
             log.info("node %d left cluster %s (generation %d)", self.me, self.opts.cluster_id,
                      self.generation)
             return self.describe()
@@ -209,7 +234,8 @@ class FenceDriver:
         log.error("node %d ejects itself from cluster %s: %s", self.me, self.opts.cluster_id, why)
         self.state = EJECTED
         self.reason = why
-        self.stats.last_change = {"event": "ejected", "reason": why, "at": time.time()}
+        self.stats.record("ejected", reason=why, generation=self.generation,
+                          incarnation=self.incarnation)
         self.node.fence_all(f"ejected from cluster {self.opts.cluster_id}: {why}")
         self._announce()
 
@@ -254,6 +280,7 @@ class FenceDriver:
         removed = self.members - members
         leavers = {n for n in removed if self.hb.peers.get(n) and self.hb.peers[n].state == LEFT}
         self.generation, self.members = gen, members
+        self.stats.record("follows", generation=gen, members=sorted(members))
         log.info("node %d follows generation %d: members %s", self.me, gen, sorted(members))
         victims = removed - leavers
         if victims:
@@ -324,8 +351,8 @@ class FenceDriver:
         self.stats.races_won += 1
         self.state = MEMBER
         self._announce()
-        self.stats.last_change = {"event": "won race", "generation": self.generation,
-                                  "removed": sorted(result.victims), "at": time.time()}
+        self.stats.record("won race", generation=self.generation, members=sorted(self.members),
+                          removed=sorted(result.victims))
         log.warning("node %d won the race: generation %d, members %s, removed %s", self.me,
                     self.generation, sorted(self.members), sorted(result.victims))
         await self._fence(result.victims)
@@ -348,6 +375,8 @@ class FenceDriver:
                     return
                 removed = self.members - peer.members
                 self.generation, self.members = peer.generation, peer.members
+                self.stats.record("follows", generation=self.generation, members=sorted(self.members),
+                                  racer=racer)
                 log.warning("node %d: racer node %d won; generation %d, members %s", self.me,
                             racer, self.generation, sorted(self.members))
                 await self._fence(removed)
@@ -363,6 +392,10 @@ class FenceDriver:
         victims = sorted(set(victims) - {self.me})
         if not victims:
             return
+        # Fence the incarnation we knew: a victim that restarted and rejoined since
+        # keeps its new one.
+        incarnations = {v: (self.hb.peers[v].incarnation if v in self.hb.peers else 0xFFFFFFFF)
+                        for v in victims}
         self.stats.fences_requested += 1
         lease = self.node.lease
         timeout = lease["duration"] + lease.get("margin", 1.0) + 10
@@ -372,7 +405,9 @@ class FenceDriver:
             while True:
                 try:
                     r, _ = await self.node.link.call(
-                        "fence", {"coordinator": self.opts.coordinator, "victims": victims},
+                        "fence", {"coordinator": self.opts.coordinator,
+                                  "victims": [{"node": v, "incarnation": incarnations[v]}
+                                              for v in victims]},
                         timeout=timeout)
                     break
                 except Unavailable as exc:
@@ -380,9 +415,10 @@ class FenceDriver:
                     await trio.sleep(0.5)
         finally:
             self.fencing = []
-        self.stats.last_fence = {"victims": victims, "seconds": round(time.monotonic() - t0, 3),
-                                 "acknowledged": r.get("acknowledged"),
-                                 "lease_expired": r.get("lease_expired"), "at": time.time()}
+        self.stats.last_fence = self.stats.record(
+            "fenced", victims=victims, seconds=round(time.monotonic() - t0, 3),
+            acknowledged=r.get("acknowledged"), lease_expired=r.get("lease_expired"),
+            generation=self.generation)
         log.warning("nodes %s fenced (%.3fs; acknowledged by %s, lease ran out for %s)", victims,
                     time.monotonic() - t0, r.get("acknowledged"), r.get("lease_expired"))
 
@@ -400,5 +436,5 @@ class FenceDriver:
                               "sent": self.hb.sent, "received": self.hb.received},
                 "races": self.stats.races, "races_won": self.stats.races_won,
                 "fencing": self.fencing, "last_fence": self.stats.last_fence,
-                "last_change": self.stats.last_change}
+                "last_change": self.stats.last_change, "history": self.stats.history}
 

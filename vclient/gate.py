@@ -182,3 +182,13 @@ class FenceGate:
                 "writes_rejected": self.writes_rejected, "reads_rejected": self.reads_rejected,
                 "pauses": self.pauses, "renewals": self.renewals, "fences": self.fences,
                 "inflight_writes": self.inflight}
+
+
+UNSAFE_SWITCH = "FENCEVOL_UNSAFE_DISABLE_GATE"
+UNSAFE_VALUE = "yes-break-fencing-for-checker-self-test"
+
+
+def disable_for_checker_self_test() -> None:
+    """Make every gate let writes through, fenced or not. Exists only so that
+    tools/check can prove it catches a broken fence; never use it otherwise."""
+    FenceGate.writable = lambda self: self.state is not CLOSED

@@ -136,6 +136,15 @@ def _control_path(args) -> str:
 
 def cmd_run(args) -> int:
     setup_logging(f"vclient-{args.node_id}", args.log_level)
+    from .gate import UNSAFE_SWITCH, UNSAFE_VALUE, disable_for_checker_self_test
+    if os.environ.get(UNSAFE_SWITCH):
+        if os.environ[UNSAFE_SWITCH] != UNSAFE_VALUE:
+            raise InvalidArgument(f"{UNSAFE_SWITCH} is set to an unknown value; unset it")
+        disable_for_checker_self_test()
+        import logging
+        logging.getLogger("vclient").critical(
+            "FENCE GATE DISABLED (%s): this node ignores fencing; for tools/check's self-test only",
+            UNSAFE_SWITCH)
     if not 1 <= args.node_id <= 65535:
         raise InvalidArgument("--node-id must be between 1 and 65535")
     cluster = None

@@ -60,16 +60,19 @@ class DelegationTable:
     def of_node(self, node: int) -> list[Delegation]:
         return [d for d in self.by_id.values() if d.node == node]
 
-    def held(self, volume: str, node: int) -> Delegation | None:
+    def held(self, volume: str, node: int, key: int = 0) -> Delegation | None:
+        """The delegation of this holder -- node *and* registration key: a restarted
+        node (new incarnation, new key) is another holder than its old self."""
         for d in self.by_id.values():
-            if d.volume == volume and d.node == node:
+            if d.volume == volume and d.node == node and d.key == key:
                 return d
         return None
 
-    def blockers(self, volume: str, node: int, mode: str, now: float) -> list[Delegation]:
-        """Delegations of other nodes that conflict with ``mode`` and may be valid."""
+    def blockers(self, volume: str, node: int, mode: str, now: float, key: int = 0) -> list[Delegation]:
+        """Other holders' delegations that conflict with ``mode`` and may be valid."""
         return [d for d in self.on_volume(volume)
-                if d.node != node and conflicts(d.mode, mode) and self.may_be_valid(d, now)]
+                if (d.node != node or d.key != key) and conflicts(d.mode, mode)
+                and self.may_be_valid(d, now)]
 
     def live(self, d: Delegation, now: float) -> bool:
         """Held by a connected holder that keeps renewing: waiting will not free it."""

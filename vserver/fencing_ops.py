@@ -150,27 +150,52 @@ async def op_coord_write(srv: VolumeServer, sess: Session, args, payload):
 
 
 # --- fencing ------------------------------------------------------------------------------------
+def _victims(args: dict) -> dict[int, int]:
+    """``victims``: [{"node": n, "incarnation": i}, ...] (or bare node ids, meaning
+    every incarnation) -> {node: highest incarnation to fence}."""
+    raw = args.get("victims")
+    if not isinstance(raw, list):
+        raise InvalidArgument("victims must be a list")
+    out: dict[int, int] = {}
+    for v in raw:
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[v] = 0xFFFFFFFF
+        elif isinstance(v, dict) and isinstance(v.get("node"), int) and isinstance(v.get("incarnation"), int):
+            out[v["node"]] = max(out.get(v["node"], 0), v["incarnation"])
+        else:
+            raise InvalidArgument(f"bad victim {v!r}")
+    return out
+
+
 @op("fence", role="node")
 async def op_fence(srv: VolumeServer, sess: Session, args, payload):
-    """Fence ``victims`` of the caller's cluster: the coordinator must list the
-    caller as a member and none of the victims."""
+    """Fence the given incarnations of ``victims`` in the caller's cluster. The
+    coordinator must list the caller as a member; a victim that is a member again
+    with a newer incarnation (it rejoined) keeps that incarnation."""
     group, cvol = _coordinator(srv, args.get("coordinator"))
-    victims = args.get("victims")
-    if not isinstance(victims, list) or not all(isinstance(v, int) for v in victims):
-        raise InvalidArgument("victims must be a list of node ids")
-    victims = sorted(set(victims) - {sess.node})
+    victims = _victims(args)
+    victims.pop(sess.node, None)
     m = read_membership(srv, group, cvol)
     if sess.node not in m.members:
         raise InvalidArgument(f"node {sess.node} is not a member of cluster {m.cluster_id}; "
                               "only members may fence")
-    still = sorted(set(victims) & m.members)
-    if still:
-        raise InvalidArgument(f"nodes {still} are still members (generation {m.generation}); "
-                              "remove them from the coordinator first")
+    for node in list(victims):
+        rec = m.record(node)
+        if rec is not None and rec.is_member:
+            if rec.incarnation <= victims[node]:
+                raise InvalidArgument(f"node {node} (incarnation {rec.incarnation}) is still a member "
+                                      f"(generation {m.generation}); remove it first")
+            victims[node] = min(victims[node], rec.incarnation - 1)
     t0 = trio.current_time()
     cluster_bits = _key_cluster_bits(m.cluster_id)
+
+    def doomed(key: int) -> bool:
+        node = key_node(key)
+        return (node in victims and key >> 48 == cluster_bits
+                and (key & 0xFFFFFFFF) <= victims[node])
+
     async with srv.fence_lock:
-        # 1. PREEMPT AND ABORT every registration of the victims, on every disk.
+        # 1. PREEMPT AND ABORT those registrations, on every disk.
         changed: list[Disk] = []
         preempted = 0
         for disk in srv.disks.values():
@@ -178,19 +203,19 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
                 continue
             t = disk.pr
             hit = False
-            for key in list(t.registrations):
-                if key_node(key) in victims and key >> 48 == cluster_bits:
-                    if srv.server_key not in t.registrations:
-                        t.register(srv.server_key, 0, time.time())
-                    t.preempt(srv.server_key, key)
-                    preempted += 1
-                    hit = True
+            for key in [k for k in t.registrations if doomed(k)]:
+                if srv.server_key not in t.registrations:
+                    t.register(srv.server_key, 0, time.time())
+                t.preempt(srv.server_key, key)
+                preempted += 1
+                hit = True
             if hit:
                 changed.append(disk)
         if changed:
             await trio.to_thread.run_sync(lambda: [disk.write_pr() for disk in changed])
-        # 2. Abort: revoke their delegations; wait for acks or lease + margin.
-        delegs = [d for d in srv.table.by_id.values() if d.node in victims]
+        # 2. Abort: revoke the delegations granted to those keys; wait for acks or
+        #    lease + margin.
+        delegs = [d for d in srv.table.by_id.values() if d.node in victims and (not d.key or doomed(d.key))]
         await srv.revoke(delegs, "fence")
         acked = sorted({d.node for d in delegs if d.state == REVOKED})
         expired = sorted({d.node for d in delegs if d.state != REVOKED})
@@ -199,10 +224,11 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
         srv.notify()
         await srv.persist_delegations()
     seconds = trio.current_time() - t0
+    names = sorted(victims)
     log.warning("node %d fenced nodes %s of cluster %s: %d key(s) preempted, acknowledged by %s, "
-                "lease expired for %s, %.3fs", sess.node, victims, m.cluster_id, preempted, acked,
+                "lease expired for %s, %.3fs", sess.node, names, m.cluster_id, preempted, acked,
                 expired, seconds)
-    return {"fenced": victims, "preempted": preempted, "acknowledged": acked,
+    return {"fenced": names, "preempted": preempted, "acknowledged": acked,
             "lease_expired": expired, "seconds": round(seconds, 4)}, b""
 
 

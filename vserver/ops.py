@@ -22,7 +22,7 @@ from fencevol.units import format_size, parse_size
 from fencevol import ondisk
 
 from . import allocator, storage
-from .delegations import ACTIVE, RESTORED, Delegation
+from .delegations import ACTIVE, RESTORED, REVOKED, REVOKING, Delegation
 from .model import GroupConfig, Volume
 from .server import Session, VolumeServer
 from .storage import Disk, Group
@@ -556,14 +556,19 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
         while True:
             group, vol = srv.find_volume(key)
             now = trio.current_time()
-            mine = srv.table.held(key, node)
+            mine = srv.table.held(key, node, pr_key)
             if mine is not None:
                 if mine.mode != mode:
                     raise InUse(f"node {node} already holds {key} in mode {mine.mode}; detach first")
-                srv.table.renew(mine.id, node, now, sess.id)   # idempotent re-attach / reclaim
-                mine.key = pr_key or mine.key
-                return _delegation_reply(srv, mine, group, vol), b""
-            blockers = srv.table.blockers(key, node, mode, now)
+                if mine.state in (REVOKING, REVOKED):
+                    raise Revoked(f"node {node}'s delegation on {key} is being revoked ({mine.reason})")
+                try:
+                    srv.table.renew(mine.id, node, now, sess.id)   # idempotent re-attach / reclaim
+                    return _delegation_reply(srv, mine, group, vol), b""
+                except Revoked:
+                    # Its lease ran out and the holder itself asks again: start afresh.
+                    srv.table.release(mine.id)
+            blockers = srv.table.blockers(key, node, mode, now, pr_key)
             if not blockers:
                 break
             live = [b for b in blockers if srv.table.live(b, now)]
