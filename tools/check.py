@@ -292,22 +292,26 @@ class Trial:
                 f.close()
 
     def check_records(self, status: dict) -> None:
-        # When was each node fenced (earliest survivor told), and when did it rejoin?
-        told: dict[int, list[float]] = {}
-        joins: dict[int, list[float]] = {}
+        # When was which incarnation of each node fenced (a survivor told), and with
+        # which incarnation did each node (re)join, when?
+        told: dict[int, list[tuple[float, int]]] = {}
+        joins: dict[int, list[tuple[float, int]]] = {}
         for n, s in status.items():
             for ev in (s.get("cluster") or {}).get("history", []):
                 if ev["event"] == "fenced":
+                    incs = ev.get("incarnations", {})
                     for v in ev["victims"]:
-                        told.setdefault(v, []).append(ev["at"])
+                        told.setdefault(v, []).append((ev["at"], int(incs.get(str(v), 0xFFFFFFFF))))
                 if ev["event"] == "joined":
-                    joins.setdefault(int(n), []).append(ev["at"])
+                    joins.setdefault(int(n), []).append((ev["at"], int(ev.get("incarnation", 0))))
 
         def forbidden(node: int, t: float) -> float | None:
-            """The fence time if a record issued at ``t`` by ``node`` falls after a
-            fence and before the node's next join."""
-            for tf in sorted(told.get(node, [])):
-                if t > tf and not any(tf < tj < t for tj in joins.get(node, [])):
+            """The fence time if ``node`` issued a write at ``t`` as an incarnation
+            that had been fenced (told to a survivor) before ``t``."""
+            before = [inc for tj, inc in joins.get(node, []) if tj < t]
+            writing = max(before) if before else 0
+            for tf, inc in sorted(told.get(node, [])):
+                if tf < t and writing <= inc:
                     return tf
             return None
 

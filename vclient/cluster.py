@@ -331,6 +331,7 @@ class FenceDriver:
                     self._adopt(m)
                     self.eject(f"lost the race ({result.reason})")
                     return
+                read = m
                 if result.new is None:
                     self._adopt(m)
                     break
@@ -355,7 +356,7 @@ class FenceDriver:
                           removed=sorted(result.victims))
         log.warning("node %d won the race: generation %d, members %s, removed %s", self.me,
                     self.generation, sorted(self.members), sorted(result.victims))
-        await self._fence(result.victims)
+        await self._fence(result.victims, {v: read.record(v).incarnation for v in result.victims})
 
     async def _await_racer(self, racer: int, lost: frozenset[int]) -> None:
         """Figure 10, 1055/1060: follow the racer's result, or eject if it lost or
@@ -386,16 +387,21 @@ class FenceDriver:
             self._changed = trio.Event()
         self.eject(f"racer node {racer} did not finish the race in time")
 
-    async def _fence(self, victims) -> None:
+    async def _fence(self, victims, incarnations: dict[int, int] | None = None) -> None:
         """Ask the server to fence ``victims`` (every survivor does, in parallel);
-        returns once the server confirmed."""
+        returns once the server confirmed. Only the incarnation that was a member is
+        fenced -- a victim that restarted and rejoined keeps its new one. The racer
+        knows it from the coordinator; followers from what the victim last
+        announced as a member."""
         victims = sorted(set(victims) - {self.me})
         if not victims:
             return
-        # Fence the incarnation we knew: a victim that restarted and rejoined since
-        # keeps its new one.
-        incarnations = {v: (self.hb.peers[v].incarnation if v in self.hb.peers else 0xFFFFFFFF)
-                        for v in victims}
+        known = incarnations or {}
+        incarnations = {}
+        for v in victims:
+            peer = self.hb.peers.get(v)
+            inc = known.get(v, peer.member_incarnation if peer else -1)
+            incarnations[v] = inc if inc >= 0 else 0xFFFFFFFF
         self.stats.fences_requested += 1
         lease = self.node.lease
         timeout = lease["duration"] + lease.get("margin", 1.0) + 10
@@ -416,7 +422,8 @@ class FenceDriver:
         finally:
             self.fencing = []
         self.stats.last_fence = self.stats.record(
-            "fenced", victims=victims, seconds=round(time.monotonic() - t0, 3),
+            "fenced", victims=victims, incarnations={str(v): i for v, i in incarnations.items()},
+            seconds=round(time.monotonic() - t0, 3),
             acknowledged=r.get("acknowledged"), lease_expired=r.get("lease_expired"),
             generation=self.generation)
         log.warning("nodes %s fenced (%.3fs; acknowledged by %s, lease ran out for %s)", victims,

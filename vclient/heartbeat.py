@@ -49,6 +49,7 @@ class PeerState:
     last_link: int = -1
     heard_on: dict[int, float] = field(default_factory=dict)
     incarnation: int = 0
+    member_incarnation: int = -1      # the incarnation it last announced as a member
     state: str = ""
     generation: int = 0
     members: frozenset[int] = frozenset()
@@ -147,6 +148,8 @@ class Heartbeats:
         peer.heard_on[link] = now
         peer.incarnation = int(msg.get("i", 0))
         peer.state = str(msg.get("st", ""))
+        if peer.state in ("member", "racing"):
+            peer.member_incarnation = peer.incarnation
         peer.generation = int(msg.get("g", 0))
         peer.members = frozenset(int(m) for m in msg.get("m", []))
         peer.hears = frozenset(int(h) for h in msg.get("h", []))
