@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .crc import crc32c
 from .errors import ChecksumError, InvalidArgument

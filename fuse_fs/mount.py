@@ -10,7 +10,6 @@ import re
 import subprocess
 
 import pyfuse3
-import trio
 
 from fencevol.errors import InvalidArgument
 

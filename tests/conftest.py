@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def nothing_left_behind():
     Leftovers are cleaned up and reported as an error, so leaks cannot hide."""
     yield
     import subprocess
+
     from harness import force_unmount
     leaks = []
     with open("/proc/self/mountinfo") as f:
@@ -55,12 +57,12 @@ def nothing_left_behind():
         force_unmount(m)
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     for line in tables.splitlines():
-        if "fencevol_" in line:
+        if f"fencevol_{os.getpid()}_" in line:      # harness.Cluster names tables by pid
             leaks.append(line.strip())
             subprocess.run(["nft", "delete"] + line.split()[1:], capture_output=True)
     procs = subprocess.run(["pgrep", "-f", "-a", "vclient run|vserver serve|tools/writer.py"],
                            capture_output=True, text=True).stdout.splitlines()
-    procs = [p for p in procs if "pytest-of" in p or "/tmp/pytest" in p]
+    procs = [p for p in procs if base in p]
     for p in procs:
         leaks.append(f"process {p[:120]}")
         subprocess.run(["kill", "-9", p.split()[0]], capture_output=True)

@@ -91,7 +91,6 @@ def main() -> int:
     from fencevol.units import parse_size
     size = parse_size(args.size, align=MiB)
     parts = args.only or ["paths", "extents", "rss", "fencing"]
-    results_needs_cluster = any(p in parts for p in ("paths", "extents", "rss"))
 
     work = Path(tempfile.mkdtemp(prefix="fencevol-bench-"))
     server = Server(work / "state")

@@ -30,7 +30,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import ENV, VENV_BIN, WriterProc, parse_writer_log  # noqa: E402
+from harness import (  # noqa: E402
+    ENV,
+    VENV_BIN,
+    WriterProc,
+    extent_map_from_show,
+    parse_writer_log,
+    wait_for,
+)
 from writer import BLOCK, decode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,14 +90,10 @@ class Trial:
         return (status.get(n) or {}).get("cluster") or {}
 
     def wait(self, pred, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            v = pred()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise TrialFailed(f"timed out waiting for {what}")
-            time.sleep(0.1)
+        try:
+            return wait_for(pred, timeout, what, interval=0.1)
+        except TimeoutError as exc:
+            raise TrialFailed(str(exc)) from None
 
     def all_members(self):
         st = self.status()
@@ -256,25 +259,12 @@ class Trial:
 
     def read_plexes(self) -> list[dict[int, dict | None]]:
         """Every slot of dg/data, per plex, read from the backing images."""
-        from fencevol.extents import ExtentMap
         show = json.loads(self.sh(VENV_BIN / "vctl", "--server", self.state["server"]["address"],
                                   "--key-file", self.state["server"]["key_file"],
                                   "vol", "show", "dg/data", "--json"))
-        disks, index, plexes = [], {}, []
-        for p in show["plexes"]:
-            cols = []
-            for c in p["columns"]:
-                col = []
-                for sd in c["subdisks"]:
-                    index.setdefault(sd["disk_id"], len(disks))
-                    if len(disks) < len(index):
-                        disks.append({"id": sd["disk_id"], "path": sd["path"], "name": sd["disk"]})
-                    col.append([index[sd["disk_id"]], sd["disk_offset"], sd["length"]])
-                cols.append(col)
-            plexes.append(cols)
-        emap = ExtentMap({"size": show["size"], "stripe_unit": show["stripe_unit"], "plexes": plexes,
-                          "disks": disks})
-        files = {i: open(d["path"], "rb") for i, d in enumerate(disks)}
+        emap = extent_map_from_show(show)
+        disks = emap.disks
+        files = {i: open(d.path, "rb") for i, d in enumerate(disks)}
         try:
             out = []
             for plex in emap.plexes:

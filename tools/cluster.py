@@ -26,8 +26,17 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import (ENV, VENV_BIN, force_unmount, free_udp_ports, launch, mounted,  # noqa: E402
-                     vctl, wait_for, wait_line_in_file)
+from harness import (  # noqa: E402
+    ENV,
+    VENV_BIN,
+    force_unmount,
+    free_udp_ports,
+    launch,
+    mounted,
+    vctl,
+    wait_for,
+    wait_line_in_file,
+)
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cluster"
 

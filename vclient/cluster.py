@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from fencevol import coord
-from fencevol.errors import (ChecksumError, Conflict, FencevolError, InvalidArgument,
-                             Unavailable)
+from fencevol.errors import (
+    ChecksumError,
+    Conflict,
+    FencevolError,
+    InvalidArgument,
+    Unavailable,
+)
 
 from . import decisions
 from .heartbeat import Heartbeats

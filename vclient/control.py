@@ -14,7 +14,13 @@ import socket as pysocket
 
 import trio
 
-from fencevol.errors import FencevolError, InvalidArgument, ProtocolError, Unavailable, from_wire
+from fencevol.errors import (
+    FencevolError,
+    InvalidArgument,
+    ProtocolError,
+    Unavailable,
+    from_wire,
+)
 
 log = logging.getLogger("vclient.control")
 

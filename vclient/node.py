@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
 
 import trio
 
-import secrets
-
 from fencevol import auth, coord
-from fencevol.errors import (AlreadyExists, FencevolError, InvalidArgument, NotFound,
-                             Unavailable)
+from fencevol.errors import (
+    AlreadyExists,
+    FencevolError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from fencevol.modes import parse_mode
 
 from . import control

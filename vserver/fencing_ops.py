@@ -13,20 +13,31 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import trio
 
 from fencevol import coord
 from fencevol.coord import format_key, key_node
-from fencevol.errors import (Conflict, FencevolError, InUse, InvalidArgument, NotFound,
-                             ReservationConflict)
+from fencevol.errors import Conflict, FencevolError, InUse, InvalidArgument, NotFound
+from fencevol.extents import ExtentMap
 from fencevol.units import parse_size
 
 from . import allocator
 from .delegations import REVOKED
-from .ops import (_arg, _commit, _io_target, _next_config, _resolve_disk, _volume_info, op,
-                  volume_read, volume_write)
+from .model import extent_map_wire
+from .ops import (
+    _arg,
+    _commit,
+    _io_target,
+    _next_config,
+    _resolve_disk,
+    _volume_info,
+    op,
+    volume_read,
+    volume_write,
+)
 from .pr import TYPE_NAMES
 from .server import Session, VolumeServer
 from .storage import Disk, Group
@@ -51,7 +62,12 @@ async def write_membership(srv: VolumeServer, group: Group, vol, m: coord.Member
     emap = srv.extent_map(group, vol)
     data = coord.encode(m)
     fds = volume_write(group, emap, emap.plexes, 0, data)
-    await trio.to_thread.run_sync(lambda: [__import__("os").fdatasync(fd) for fd in fds])
+    await trio.to_thread.run_sync(_fdatasync_all, fds)
+
+
+def _fdatasync_all(fds) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
 
 
 def _key_cluster_bits(cluster_id: str) -> int:
@@ -81,13 +97,11 @@ async def op_coord_create(srv: VolumeServer, sess, args, payload):
                                       cluster_id=cluster_id)
         cfg = _next_config(group.config, group.config.volumes + [vol])
         # Write the content first: the volume only appears once it is initialized.
-        srv.install_config(group, group.config)
-        from .model import extent_map_wire
-        from fencevol.extents import ExtentMap
         emap = ExtentMap(extent_map_wire(cfg, vol, group.disk_paths()))
-        data = coord.encode(initial) + bytes(min(vol.size, 64 << 10) - len(coord.encode(initial)))
-        fds = volume_write(group, emap, emap.plexes, 0, data)
-        await trio.to_thread.run_sync(lambda: [__import__("os").fdatasync(fd) for fd in fds])
+        block = coord.encode(initial)
+        fds = volume_write(group, emap, emap.plexes, 0,
+                           block + bytes(min(vol.size, 64 << 10) - len(block)))
+        await trio.to_thread.run_sync(_fdatasync_all, fds)
         await _commit(srv, group, cfg)
     log.info("created coordinator %s/%s for cluster %s, nodes %s", dg, name, cluster_id, sorted(nodes))
     return _volume_info(srv, group, vol) | {"membership": initial.to_json()}, b""
@@ -340,5 +354,3 @@ async def op_pr_forget(srv: VolumeServer, sess, args, payload):
     await trio.to_thread.run_sync(lambda: [d.write_pr() for d in hit])
     return {"disks": [_describe_keys(srv, d) for d in hit]}, b""
 
-
-__all__ = ["ReservationConflict"]

@@ -12,14 +12,23 @@ import time
 
 import trio
 
-from fencevol import modes
+from fencevol import modes, ondisk
 from fencevol.coord import format_key, key_node
-from fencevol.errors import (AlreadyExists, Conflict, Fenced, FencevolError, InUse,
-                             InvalidArgument, IOFailure, NoSpace, NotFound, ProtocolError,
-                             ReservationConflict, Revoked)
+from fencevol.errors import (
+    AlreadyExists,
+    Conflict,
+    Fenced,
+    FencevolError,
+    InUse,
+    InvalidArgument,
+    IOFailure,
+    NoSpace,
+    NotFound,
+    ProtocolError,
+    ReservationConflict,
+    Revoked,
+)
 from fencevol.units import format_size, parse_size
-
-from fencevol import ondisk
 
 from . import allocator, storage
 from .delegations import ACTIVE, RESTORED, REVOKED, REVOKING, Delegation

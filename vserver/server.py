@@ -18,8 +18,13 @@ import fencevol
 from fencevol import auth, wire
 from fencevol.coord import format_key, key_node
 from fencevol.crc import crc32c
-from fencevol.errors import (AuthError, FencevolError, InvalidArgument, NotFound,
-                             ProtocolError)
+from fencevol.errors import (
+    AuthError,
+    FencevolError,
+    InvalidArgument,
+    NotFound,
+    ProtocolError,
+)
 from fencevol.extents import ExtentMap
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import ConnectionClosed, FramedConnection

@@ -18,11 +18,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fencevol.errors import (AlreadyExists, ChecksumError, InUse, InvalidArgument,
-                             NotFound)
+from fencevol import ondisk
+from fencevol.errors import (
+    AlreadyExists,
+    ChecksumError,
+    InUse,
+    InvalidArgument,
+    NotFound,
+)
 from fencevol.units import format_size
 
-from fencevol import ondisk
 from .model import DiskRecord, GroupConfig, MetadataError, check_name
 from .pr import PRTable
 

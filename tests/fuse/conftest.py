@@ -1,7 +1,5 @@
 import pytest
-
-from fencevol.extents import ExtentMap
-from harness import vctl, vctl_json
+from harness import extent_map_from_show, vctl, vctl_json
 
 pytestmark = pytest.mark.fuse
 
@@ -27,30 +25,6 @@ def dg(server, tmp_path):
     return disks
 
 
-def extent_map(server, volume: str) -> ExtentMap:
+def extent_map(server, volume: str):
     """The volume's extent map, rebuilt from `vctl vol show --json`."""
-    show = vctl_json(server, "vol", "show", volume)
-    disks, index, plexes = [], {}, []
-    for p in show["plexes"]:
-        cols = []
-        for c in p["columns"]:
-            col = []
-            for sd in c["subdisks"]:
-                if sd["disk_id"] not in index:
-                    index[sd["disk_id"]] = len(disks)
-                    disks.append({"id": sd["disk_id"], "path": sd["path"], "name": sd["disk"]})
-                col.append([index[sd["disk_id"]], sd["disk_offset"], sd["length"]])
-            cols.append(col)
-        plexes.append(cols)
-    return ExtentMap({"size": show["size"], "stripe_unit": show["stripe_unit"],
-                      "plexes": plexes, "disks": disks})
-
-
-def read_backing(emap: ExtentMap, plex: int, offset: int, length: int) -> bytes:
-    """Read a volume range straight from the backing images (no mount involved)."""
-    out = bytearray(length)
-    for disk, doff, boff, n in emap.plexes[plex].segments(offset, length):
-        with open(emap.disks[disk].path, "rb") as f:
-            f.seek(doff)
-            out[boff:boff + n] = f.read(n)
-    return bytes(out)
+    return extent_map_from_show(vctl_json(server, "vol", "show", volume))

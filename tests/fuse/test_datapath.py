@@ -8,9 +8,8 @@ import threading
 import time
 
 import pytest
-
-from conftest import LAYOUTS, extent_map, read_backing
-from harness import mounted, vctl, vctl_json, wait_for
+from conftest import LAYOUTS, extent_map
+from harness import mounted, read_backing, vctl, vctl_json, wait_for
 
 pytestmark = pytest.mark.fuse
 

@@ -8,9 +8,8 @@ import subprocess
 import time
 
 import pytest
-
-from conftest import extent_map, read_backing
-from harness import Server, mounted, vctl, wait_for
+from conftest import extent_map
+from harness import Server, mounted, read_backing, vctl, wait_for
 
 pytestmark = pytest.mark.fuse
 

@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import pytest
-
 from harness import Cluster, WriterProc, vctl, vctl_json, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuse, pytest.mark.nft]
@@ -66,7 +65,7 @@ def test_parallel_figure10(make_cluster):
     for i in range(1, 5):
         c.start(i, "dg/data")
     for i in range(1, 5):
-        wait_for(lambda: c.cluster_state(i)["members"] == [1, 2, 3, 4], 20, f"node {i} to see 4 members")
+        wait_for(lambda i=i: c.cluster_state(i)["members"] == [1, 2, 3, 4], 20, f"node {i} to see 4 members")
     writers = {i: writer(c, i, f"{i * 100}-{i * 100 + 49}") for i in range(1, 5)}
     if True:
         wait_for(lambda: all(w.entries() for w in writers.values()), 10, "writers to start")

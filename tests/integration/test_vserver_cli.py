@@ -7,8 +7,8 @@ import socket
 import struct
 
 import pytest
-
 from harness import Server, vctl, vctl_json
+
 from fencevol import ondisk
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fencevol.errors import ChecksumError
 from fencevol import ondisk
+from fencevol.errors import ChecksumError
 from vserver.model import DiskRecord, GroupConfig, MetadataError, Subdisk, Volume
 
 
