@@ -63,6 +63,9 @@ class Trial:
         self.notes: list[str] = []
         self.applied: list[str] = []
         self.writes = self.acked = 0
+        # Every cluster event any status call showed, per node: a killed node's
+        # history dies with its process, so it is collected as the trial goes.
+        self.events: dict[str, dict[str, dict]] = {n: {} for n in self.nodes}
         self.env = dict(ENV)
         if args.disable_gate_for_self_test:
             self.env["FENCEVOL_UNSAFE_DISABLE_GATE"] = "yes-break-fencing-for-checker-self-test"
@@ -84,7 +87,11 @@ class Trial:
 
     def status(self) -> dict:
         out = json.loads(self.sh(TOOLS / "cluster", "status", "--json", "--dir", self.dir))
-        return {n: (s or {}) for n, s in out["nodes"].items()}
+        st = {n: (s or {}) for n, s in out["nodes"].items()}
+        for n, s in st.items():
+            for ev in (s.get("cluster") or {}).get("history", []):
+                self.events.setdefault(n, {})[json.dumps(ev, sort_keys=True)] = ev
+        return st
 
     def cluster_of(self, status: dict, n: str) -> dict:
         return (status.get(n) or {}).get("cluster") or {}
@@ -182,6 +189,7 @@ class Trial:
         elif fault == "kill":
             n = self.rnd.choice(self.nodes)
             old = self.writers[n][-1]
+            self.status()                      # keep the history the kill will erase
             self.fault("kill-node", n, "--restart")
             old.stop(timeout=5)
             self.notes.append(f"killed and restarted node {n}")
@@ -286,8 +294,8 @@ class Trial:
         # which incarnation did each node (re)join, when?
         told: dict[int, list[tuple[float, int]]] = {}
         joins: dict[int, list[tuple[float, int]]] = {}
-        for n, s in status.items():
-            for ev in (s.get("cluster") or {}).get("history", []):
+        for n, seen in self.events.items():
+            for ev in seen.values():
                 if ev["event"] == "fenced":
                     incs = ev.get("incarnations", {})
                     for v in ev["victims"]:
