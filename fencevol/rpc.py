@@ -203,7 +203,7 @@ async def connect(address: tuple[str, int], key: bytes, role: str,
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise Unavailable(f"cannot connect to server {host}:{port}: {reason}") from None
     conn = FramedConnection(stream)
     try:
