@@ -13,6 +13,7 @@ import pyfuse3
 
 from fencevol.errors import InvalidArgument
 
+from . import fastwait
 from .fs import VolumeFS
 
 log = logging.getLogger("fuse_fs")
@@ -89,10 +90,16 @@ class Mount:
 
     async def serve(self) -> None:
         """Run the FUSE loop until ``terminate`` or an unmount."""
+        fastwait.install()
         await pyfuse3.main(min_tasks=2, max_tasks=self.max_tasks)
+
+    def stats(self) -> dict:
+        """How FUSE requests are being served (see ``fastwait``)."""
+        return fastwait.stats()
 
     def terminate(self) -> None:
         if self.mounted:
+            fastwait.closing()
             pyfuse3.terminate()
 
     def close(self) -> None:

@@ -367,6 +367,7 @@ class Node:
                        "lease": self.lease},
             "volumes": [v.describe() for v in sorted(self.volumes.values(), key=lambda v: v.name)],
             "key": coord.format_key(self.key),
+            "fuse": self.mount.stats() if self.mount is not None else None,
         }
         if self.cluster is not None:
             st["cluster"] = self.cluster.describe()
