@@ -42,9 +42,11 @@ def clients(server, tmp_path):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_behind():
-    """After the session: no fencevol mount, nftables table or daemon may remain.
-    Leftovers are cleaned up and reported as an error, so leaks cannot hide."""
+def nothing_left_behind(tmp_path_factory):
+    """After the session: no fencevol mount, nftables table or daemon of this session
+    (under its base temp directory) may remain. Leftovers are cleaned up and reported
+    as an error, so leaks cannot hide; a demo running beside the tests is left alone."""
+    base = str(tmp_path_factory.getbasetemp())
     yield
     import subprocess
 
@@ -52,6 +54,7 @@ def nothing_left_behind():
     leaks = []
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if " fuse.fencevol " in line]
+    mounts = [m for m in mounts if m.startswith(base)]
     for m in mounts:
         leaks.append(f"mount {m}")
         force_unmount(m)
