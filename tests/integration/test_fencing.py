@@ -240,3 +240,27 @@ def test_majority_survives_a_minority_partition(make_cluster):
     st = wait_for(lambda: resolved(c, (1, 2, 3)), 30, "the partition to be resolved")
     assert st[1]["state"] == "ejected" and st[2]["members"] == [2, 3]
     assert st[2]["races_won"] + st[3]["races_won"] == 1 and st[1]["races_won"] == 0
+
+
+def test_saturated_data_path_keeps_heartbeats(make_cluster):
+    """Four fio jobs keep node 1's FUSE loop busy for four heartbeat timeouts. The
+    request loop must still yield to heartbeats and renewals: no peer is lost, nobody
+    races, and the requests went through the fast wait (fuse_fs.fastwait)."""
+    c = make_cluster(2)
+    for i in (1, 2):
+        c.start(i, "dg/data")
+    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 20, "2 members")
+    before = {i: c.cluster_state(i)["generation"] for i in (1, 2)}
+    timeout = c.cluster_state(1)["heartbeat"]["timeout"]
+    cp = subprocess.run(["fio", "--name=load", f"--filename={c.nodes[1].path('dg/data')}",
+                         "--rw=randrw", "--bs=4k", "--numjobs=4", "--size=16M", "--direct=1",
+                         "--ioengine=psync", "--time_based", f"--runtime={4 * timeout:.1f}",
+                         "--group_reporting", "--output-format=terse"],
+                        capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    for i in (1, 2):
+        st = c.cluster_state(i)
+        assert st["state"] == "member" and st["members"] == [1, 2], st
+        assert st["generation"] == before[i] and st["races"] == 0, st
+    fuse = c.nodes[1].status()["fuse"]
+    assert fuse["loop"] == "fast" and fuse["fast_requests"] > 1000, fuse
