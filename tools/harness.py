@@ -52,18 +52,20 @@ def wait_line_in_file(proc: subprocess.Popen, path: Path, timeout: float, what: 
         time.sleep(0.02)
 
 
-def launch(cmd: list[str], log: Path, what: str, timeout: float, detached: bool = False):
+def launch(cmd: list[str], log: Path, what: str, timeout: float, detached: bool = False,
+           env: dict | None = None):
     """Start a daemon with stderr appended to ``log``; return it and its readiness
     line. Detached daemons write stdout to ``log``.out (no pipe to outlive)."""
+    env = ENV if env is None else dict(ENV, **env)
     with open(log, "ab") as logf:
         if detached:
             out = Path(str(log) + ".out")
             with open(out, "wb") as outf:
                 proc = subprocess.Popen(cmd, stdout=outf, stderr=logf, stdin=subprocess.DEVNULL,
-                                        env=ENV, start_new_session=True)
+                                        env=env, start_new_session=True)
             return proc, wait_line_in_file(proc, out, timeout, what)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL,
-                                env=ENV, start_new_session=True)
+                                env=env, start_new_session=True)
     return proc, read_line(proc, timeout, what)
 
 
@@ -163,8 +165,9 @@ class Client:
     ``stop`` always leaves no process and no mount behind."""
 
     def __init__(self, server: Server, node_id: int, workdir: Path, *attach: str,
-                 extra: tuple[str, ...] = (), detached: bool = False):
+                 extra: tuple[str, ...] = (), detached: bool = False, env: dict | None = None):
         self.detached = detached
+        self.env = env
         self.server = server
         self.node_id = node_id
         self.mount = Path(workdir) / f"mnt{node_id}"
@@ -191,7 +194,7 @@ class Client:
                 self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=logf,
                                              stdin=subprocess.DEVNULL, env=ENV, start_new_session=True)
             return self
-        self.proc, line = launch(self.command(), self.log, what, timeout, self.detached)
+        self.proc, line = launch(self.command(), self.log, what, timeout, self.detached, self.env)
         assert "mounted" in line, line
         return self
 
