@@ -176,8 +176,11 @@ class RpcClient:
 
 
 async def client_handshake(conn: FramedConnection, key: bytes, role: str,
-                           node_id: int | None = None) -> dict:
-    """Authenticate to the server; return its hello (with its proof checked)."""
+                           node_id: int | None = None, instance: str | None = None) -> dict:
+    """Authenticate to the server; return its hello (with its proof checked).
+    ``instance`` names the client process: the server lets a reconnect of the same
+    instance replace its old session, and refuses another process using a node id
+    that is still connected."""
     hello, _ = await conn.receive()
     if hello.get("hello") != "fencevol-vserver" or "nonce" not in hello:
         raise ProtocolError("peer is not a fencevol server")
@@ -186,7 +189,7 @@ async def client_handshake(conn: FramedConnection, key: bytes, role: str,
                             f"this client {wire.PROTOCOL_VERSION}")
     cnonce = auth.new_nonce()
     await conn.send({"op": "auth", "protocol": wire.PROTOCOL_VERSION, "role": role,
-                     "node_id": node_id, "client_nonce": cnonce,
+                     "node_id": node_id, "instance": instance, "client_nonce": cnonce,
                      "proof": auth.client_proof(key, hello["nonce"], cnonce)})
     reply, _ = await conn.receive()
     if not reply.get("ok"):
@@ -197,7 +200,8 @@ async def client_handshake(conn: FramedConnection, key: bytes, role: str,
 
 
 async def connect(address: tuple[str, int], key: bytes, role: str,
-                  node_id: int | None = None, timeout: float = HANDSHAKE_TIMEOUT) -> RpcClient:
+                  node_id: int | None = None, timeout: float = HANDSHAKE_TIMEOUT,
+                  instance: str | None = None) -> RpcClient:
     host, port = address
     try:
         with trio.fail_after(timeout):
@@ -208,7 +212,7 @@ async def connect(address: tuple[str, int], key: bytes, role: str,
     conn = FramedConnection(stream)
     try:
         with trio.fail_after(timeout):
-            hello = await client_handshake(conn, key, role, node_id)
+            hello = await client_handshake(conn, key, role, node_id, instance)
     except trio.TooSlowError:
         await conn.aclose()
         raise Unavailable(f"server {host}:{port} did not complete the handshake") from None

@@ -48,6 +48,7 @@ class PeerState:
     last_heard: float = -1e9
     last_link: int = -1
     heard_on: dict[int, float] = field(default_factory=dict)
+    source: dict[int, tuple] = field(default_factory=dict)   # link -> sender address last heard
     incarnation: int = 0
     member_incarnation: int = -1      # the incarnation it last announced as a member
     state: str = ""
@@ -137,6 +138,16 @@ class Heartbeats:
         if peer is None:
             return self._once(f"unknown{sender}", "heartbeat from node %d, which is not a "
                               "configured peer; ignored", sender)
+        known = peer.source.get(link)
+        if known is not None and known != addr and now - peer.heard_on.get(link, -1e9) < self.timeout:
+            # Two processes claim one node id: keep the one already heard, ignore the
+            # other, so it cannot make this node flap (or race) over the real peer.
+            self.problems[f"duplicate{sender}"] = (
+                f"node {sender} is heard from both {known[0]}:{known[1]} and {addr[0]}:{addr[1]} "
+                f"on link {link}: two processes use node id {sender}")
+            return self._once(f"dup{sender}", "heartbeats claiming node %d come from %s and %s; "
+                              "ignoring %s (duplicate node id?)", sender, known, addr, addr)
+        peer.source[link] = addr
         if msg.get("p") != self.hash:
             self.problems["peers"] = f"node {sender} has a different peer list"
             self._once(f"peers{sender}", "node %d has a different peer list than this node", sender)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from typing import Awaitable, Callable
 
 import trio
 
 from fencevol import rpc
-from fencevol.errors import AuthError, ProtocolError, Unavailable
+from fencevol.errors import AuthError, InUse, ProtocolError, Unavailable
 
 log = logging.getLogger("vclient.link")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+STABLE = 2.0      # a connection that lasted less than this is retried with backoff
 
 
 class ServerLink:
@@ -31,6 +33,7 @@ class ServerLink:
         self.connects = 0
         self.last_error = ""
         self.connected_since = 0.0
+        self.instance = secrets.token_hex(8)     # this process, across reconnects
 
     @property
     def connected(self) -> bool:
@@ -46,10 +49,11 @@ class ServerLink:
         backoff, started, failures = BACKOFF_MIN, False, 0
         while True:
             try:
-                client = await rpc.connect(self.address, self.key, "node", self.node_id, timeout=5)
+                client = await rpc.connect(self.address, self.key, "node", self.node_id, timeout=5,
+                                           instance=self.instance)
             except AuthError:
                 raise
-            except (Unavailable, ProtocolError) as exc:
+            except (Unavailable, ProtocolError, InUse) as exc:
                 failures += 1
                 self.last_error = str(exc)
                 level = logging.WARNING if failures == 1 or backoff >= BACKOFF_MAX else logging.DEBUG
@@ -57,7 +61,7 @@ class ServerLink:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            backoff, failures = BACKOFF_MIN, 0
+            failures = 0
             self.connects += 1
             self.server_info = client.hello.get("server", {})
             client.on_push = self.on_push
@@ -77,7 +81,13 @@ class ServerLink:
                 nursery.cancel_scope.cancel()
             self.client = None
             await client.aclose()
-            log.warning("lost connection to server %s; reconnecting", self.where)
+            if trio.current_time() - self.connected_since >= STABLE:
+                backoff = BACKOFF_MIN
+                log.warning("lost connection to server %s; reconnecting", self.where)
+            else:        # dropped right after connecting: do not hammer the server
+                log.warning("lost connection to server %s; reconnecting in %.1fs", self.where, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def call(self, op: str, args: dict | None = None, payload: bytes = b"",
                    timeout: float = math.inf) -> tuple[dict, bytes]:

@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -21,6 +22,7 @@ from fencevol.crc import crc32c
 from fencevol.errors import (
     AuthError,
     FencevolError,
+    InUse,
     InvalidArgument,
     NotFound,
     ProtocolError,
@@ -41,6 +43,20 @@ DEFAULT_PORT = 7745
 DEFAULT_LISTEN = ("127.0.0.1", DEFAULT_PORT)
 MAX_INFLIGHT_PER_CONNECTION = 64
 EXPIRY_TICK = 0.2
+KEEPALIVE = (5, 2, 3)       # idle s, probe interval s, probes: a dead host's session ends in ~11 s
+
+
+def set_keepalive(stream: trio.SocketStream) -> None:
+    """TCP keepalive, so the session of a host that died (no FIN, no RST) ends and a
+    restarted client can take its node id again."""
+    idle, interval, count = KEEPALIVE
+    try:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+    except OSError as exc:
+        log.debug("keepalive not set: %s", exc)
 
 
 @dataclass
@@ -62,8 +78,10 @@ class Session:
 
     _ids = iter(range(1, 1 << 62))
 
-    def __init__(self, conn: FramedConnection, role: str, node: int | None, peer: str):
+    def __init__(self, conn: FramedConnection, role: str, node: int | None, peer: str,
+                 instance: str | None = None):
         self.id = next(self._ids)
+        self.instance = instance
         self.conn = conn
         self.role = role
         self.node = node
@@ -309,6 +327,7 @@ class VolumeServer:
             peer = "%s:%s" % stream.socket.getpeername()[:2]
         except OSError:
             peer = "?"
+        set_keepalive(stream)
         conn = FramedConnection(stream, max_json=wire.PREAUTH_MAX_JSON, max_payload=0)
         session = None
         try:
@@ -324,7 +343,7 @@ class VolumeServer:
         except ProtocolError as exc:
             log.error("connection from %s closed: %s", peer, exc)
             await self._send_error_quietly(conn, exc)
-        except AuthError as exc:
+        except (AuthError, InUse) as exc:
             log.warning("connection from %s refused: %s", peer, exc)
             await self._send_error_quietly(conn, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -363,12 +382,20 @@ class VolumeServer:
             raise ProtocolError(f"unknown role {role!r}")
         if role == "node" and not (isinstance(node, int) and 1 <= node <= 65535):
             raise ProtocolError("a node session needs a node_id between 1 and 65535")
-        session = Session(conn, role, node if role == "node" else None, peer)
+        instance = msg.get("instance")
+        instance = instance if isinstance(instance, str) and 0 < len(instance) <= 64 else None
+        session = Session(conn, role, node if role == "node" else None, peer, instance)
+        if role == "node":
+            old = self.sessions.get(node)
+            if old is not None and (instance is None or old.instance != instance):
+                # Another process claims a node id whose session is alive (a process
+                # that died closed its socket; a host that died is found by keepalive).
+                raise InUse(f"node id {node} is already connected from {old.peer} by another "
+                            "vclient process: two nodes configured with one --node-id?")
         await conn.send({"ok": True, "proof": auth.server_proof(self.key, nonce, cnonce),
                          "server": {"id": self.server_id, "version": fencevol.__version__,
                                     "lease": self.lease_terms_wire()}})
         if role == "node":
-            old = self.sessions.get(node)
             if old is not None:
                 log.warning("node %d reconnected from %s; closing its old session from %s",
                             node, peer, old.peer)

@@ -22,6 +22,7 @@ def make_cluster(tmp_path):
     def make(n, **kw):
         c = Cluster(tmp_path, n, **kw)
         c.writers = []
+        c.others = []                    # extra processes: stopped like the writers
         made.append(c)
         return c.setup()
 
@@ -30,7 +31,7 @@ def make_cluster(tmp_path):
     finally:
         for c in made:
             c.stop()                     # continues and stops the nodes: blocked writers wake
-            for w in c.writers:
+            for w in c.writers + c.others:
                 w.stop()
 
 
@@ -183,26 +184,49 @@ def test_corrupt_coordinator_refuses_join(make_cluster, tmp_path):
     assert vctl_json(c.server, "status")["attachments"] == []
 
 
-@pytest.mark.parametrize("case", ["wrong cluster", "unknown node", "peer lists differ"])
+@pytest.mark.parametrize("case", ["wrong cluster", "unknown node", "peer lists differ",
+                                  "duplicate node id"])
 def test_bad_cluster_configuration_refuses_join(make_cluster, case):
+    from harness import Client
     c = make_cluster(2)
     if case == "wrong cluster":
-        n = c.client(1, extra=())
-        cmd_args = [a if a != c.cluster_id else "othercluster" for a in c.node_command_args(1)]
-        n.command = lambda: [str(n.server and n.__class__.command(n)[0])]  # placeholder
-        from harness import Client
-        n = Client(c.server, 1, c.workdir, extra=tuple(cmd_args))
+        args = [a if a != c.cluster_id else "othercluster" for a in c.node_command_args(1)]
+        n = Client(c.server, 1, c.workdir, extra=tuple(args))
         message = "belongs to cluster"
     elif case == "unknown node":
-        from harness import Client
         n = Client(c.server, 7, c.workdir, extra=tuple(c.node_command_args(1)))
         message = "no record"
-    else:
+    elif case == "peer lists differ":
         c.start(2)
-        from harness import Client
         args = c.node_command_args(1) + ["--peer", "5=127.0.0.1:9"]
         n = Client(c.server, 1, c.workdir, extra=tuple(args))
         message = "different peer list"
+    else:
+        # A second process claiming node 2, from another address (as from another host):
+        # the server refuses its session while node 2's is alive, so it never reaches
+        # the coordinator, and node 2 is not disturbed.
+        for i in (1, 2):
+            c.start(i, "dg/data")
+        wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 20, "2 members")
+        generation = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["generation"]
+        connects = c.nodes[2].status()["server"]["connects"]
+        own = f"127.0.0.1:{c.ports[2][0]}"
+        args = [f"127.0.0.5:{c.ports[2][0]}" if a == own else a for a in c.node_command_args(2)]
+        (c.workdir / "dup").mkdir()
+        n = Client(c.server, 2, c.workdir / "dup", "dg/data", extra=tuple(args))
+        c.others.append(n)
+        n.start(wait=False)
+        wait_for(lambda: n.log_text().count("already connected") >= 2, 30, "the duplicate refused, twice")
+        assert "node id 2 is already connected" in n.log_text()
+        assert n.proc.poll() is None and not (c.workdir / "dup" / "mnt2" / "dg").exists()
+        n.stop()
+        for i in (1, 2):
+            st = c.cluster_state(i)
+            assert st["state"] == "member" and st["members"] == [1, 2] and st["races"] == 0, st
+        assert c.nodes[2].status()["server"]["connects"] == connects
+        m = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]
+        assert m["generation"] == generation
+        return
     c.nodes[n.node_id] = n
     n.start(wait=False)
     assert n.proc.wait(60) != 0
