@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from fencevol.errors import IOFailure, NoSpace
+from fencevol.errors import FencevolError, IOFailure, NoSpace, Unavailable
 from fencevol.extents import ExtentMap
 from fencevol.modes import MODE_NAMES, can_write
 
@@ -46,6 +46,7 @@ class AttachedVolume:
         self.dirty: set[int] = set()
         self.remote_dirty = False
         self.bytes_read = 0
+        self.read_failovers = 0
         self.bytes_written = 0
 
     @property
@@ -85,14 +86,37 @@ class AttachedVolume:
                 try:
                     data = os.pread(fd, n, doff)
                 except OSError as exc:
-                    raise self._io_error(d, exc) from None
+                    return await self._read_elsewhere(off, size, self._io_error(d, exc))
                 if len(data) != n:
-                    raise self._io_error(d, IOFailure(f"short read at disk offset {doff}"))
+                    return await self._read_elsewhere(off, size, self._io_error(
+                        d, IOFailure(f"short read at disk offset {doff}")))
                 self.bytes_read += n
                 return data
-        return await self._read_segments(segs, off, size)
+        try:
+            return await self._read_segments(self.read_plex_index, segs, off, size)
+        except (IOFailure, Unavailable) as exc:
+            return await self._read_elsewhere(off, size, exc)
 
-    async def _read_segments(self, segs, off: int, size: int) -> bytearray:
+    async def _read_elsewhere(self, off: int, size: int, error: FencevolError):
+        """The read plex failed: read the range from another plex of a mirror, and
+        read from that plex from now on (until the map is set again). Re-raises
+        ``error`` when there is no other plex or every plex fails."""
+        for p in range(len(self.plexes)):
+            if p == self.read_plex_index:
+                continue
+            try:
+                data = await self._read_segments(p, self.plexes[p].segments(off, size), off, size)
+            except (IOFailure, Unavailable) as exc:
+                log.warning("%s: plex %d cannot serve the read either: %s", self.name, p, exc)
+                continue
+            log.warning("%s: plex %d failed (%s); reading from plex %d", self.name,
+                        self.read_plex_index, error, p)
+            self.read_failovers += 1
+            self.read_plex, self.read_plex_index = self.plexes[p], p
+            return data
+        raise error
+
+    async def _read_segments(self, plex: int, segs, off: int, size: int) -> bytearray:
         buf = bytearray(size)
         view = memoryview(buf)
         fds = self.fds
@@ -108,7 +132,7 @@ class AttachedVolume:
             else:
                 _, data = await self.link.call("read", {
                     "delegation": self.delegation, "offset": off + boff, "length": n,
-                    "plex": self.read_plex_index})
+                    "plex": plex})
                 if len(data) != n:
                     raise IOFailure(f"remote read returned {len(data)} of {n} bytes")
                 view[boff:boff + n] = data
@@ -182,6 +206,7 @@ class AttachedVolume:
     def describe(self) -> dict:
         return {"name": self.name, "mode": self.mode, "mode_name": MODE_NAMES[self.mode],
                 "delegation": self.delegation, "size": self.size, "layout": self.layout,
-                "read_plex": self.read_plex_index, "bytes_read": self.bytes_read,
+                "read_plex": self.read_plex_index, "read_failovers": self.read_failovers,
+                "bytes_read": self.bytes_read,
                 "bytes_written": self.bytes_written, "gate": self.gate.describe(),
                 "disks": [a.describe() for a in self.access]}

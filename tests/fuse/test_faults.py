@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import extent_map
-from harness import Server, mounted, read_backing, vctl, wait_for
+from harness import Server, mounted, read_backing, vctl, vctl_json, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -130,47 +130,99 @@ def test_server_unreachable_at_start(tmp_path):
         srv.stop()
 
 
-def test_backing_disk_vanishing(server, tmp_path, clients):
+class VanishingDir:
+    """A directory behind a bindfs mount; ``vanish()`` kills bindfs, so every open
+    descriptor under it fails with I/O errors (a disk that dies mid-run)."""
+
+    def __init__(self, tmp_path):
+        self.real = tmp_path / "real"
+        self.path = tmp_path / "via"
+        self.real.mkdir()
+        self.path.mkdir()
+        self.proc = subprocess.Popen(["bindfs", "-f", "-o", "direct_io", str(self.real),
+                                      str(self.path)], stderr=subprocess.DEVNULL)
+
+    def vanish(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self):
+        from harness import force_unmount
+        self.vanish()
+        force_unmount(self.path)
+
+
+@pytest.fixture
+def vanishing(tmp_path):
+    v = VanishingDir(tmp_path)
+    try:
+        wait_for(lambda: mounted(v.path), 10, "bindfs mount")
+        yield v
+    finally:
+        v.close()
+
+
+def test_backing_disk_vanishing(server, tmp_path, clients, vanishing):
     """disk1 sits behind a bindfs mount that we kill: EIO for its extents only,
     logged once, client alive."""
-    real = tmp_path / "real"
-    real.mkdir()
-    via = tmp_path / "via"
-    via.mkdir()
-    bindfs = subprocess.Popen(["bindfs", "-f", "-o", "direct_io", str(real), str(via)], stderr=subprocess.DEVNULL)
+    d0, d1 = str(tmp_path / "d0.img"), str(vanishing.path / "d1.img")
+    vctl(server, "disk", "init", d0, "--size", "64M")
+    vctl(server, "disk", "init", d1, "--size", "64M")
+    vctl(server, "dg", "create", "dg1", d0, d1)
+    vctl(server, "vol", "create", "dg1", "v", "16M", "--layout", "stripe", "--columns", "2",
+         "--stripe-unit", "64K")
+    c = clients(1, "dg1/v")
+    path = c.path("dg1/v")
+    assert write_at(path, 0, b"a" * 131072) == 131072
+    vanishing.vanish()
+    fd = os.open(path, os.O_RDWR)
     try:
-        wait_for(lambda: mounted(via), 10, "bindfs mount")
-        d0, d1 = str(tmp_path / "d0.img"), str(via / "d1.img")
-        vctl(server, "disk", "init", d0, "--size", "64M")
-        vctl(server, "disk", "init", d1, "--size", "64M")
-        vctl(server, "dg", "create", "dg1", d0, d1)
-        vctl(server, "vol", "create", "dg1", "v", "16M", "--layout", "stripe", "--columns", "2",
-             "--stripe-unit", "64K")
-        c = clients(1, "dg1/v")
-        path = c.path("dg1/v")
-        assert write_at(path, 0, b"a" * 131072) == 131072
-        bindfs.kill()
-        bindfs.wait(10)
-        fd = os.open(path, os.O_RDWR)
-        try:
-            assert os.pread(fd, 4096, 0) == b"a" * 4096            # column 0: disk d0
-            for _ in range(3):
-                with pytest.raises(OSError) as exc:
-                    os.pread(fd, 4096, 65536)                        # column 1: disk d1
-                assert exc.value.errno == errno.EIO
-            assert os.pwrite(fd, b"b" * 4096, 0) == 4096
-        finally:
-            os.close(fd)
-        assert c.log_text().count("I/O error") == 1
-        assert c.proc.poll() is None
-        st = c.volume_status("dg1/v")
-        assert [d["name"] for d in st["disks"] if d["error"]] == ["d1"]
+        assert os.pread(fd, 4096, 0) == b"a" * 4096            # column 0: disk d0
+        for _ in range(3):
+            with pytest.raises(OSError) as exc:
+                os.pread(fd, 4096, 65536)                        # column 1: disk d1
+            assert exc.value.errno == errno.EIO
+        assert os.pwrite(fd, b"b" * 4096, 0) == 4096
     finally:
-        if bindfs.poll() is None:
-            bindfs.kill()
-            bindfs.wait(10)
-        from harness import force_unmount
-        force_unmount(via)
+        os.close(fd)
+    assert c.log_text().count("I/O error") == 1
+    assert c.proc.poll() is None
+    st = c.volume_status("dg1/v")
+    assert [d["name"] for d in st["disks"] if d["error"]] == ["d1"]
+
+
+def test_mirror_reads_survive_a_vanished_plex(server, tmp_path, clients, vanishing):
+    """The disk under the mirror's read plex dies: reads go on from the other plex
+    (with the data written before), the client reads from it from then on; writes,
+    which must reach every plex, fail with EIO."""
+    d0, d1 = str(vanishing.path / "d0.img"), str(tmp_path / "d1.img")
+    vctl(server, "disk", "init", d0, "--size", "64M")
+    vctl(server, "disk", "init", d1, "--size", "64M")
+    vctl(server, "dg", "create", "dg1", d0, d1)
+    vctl(server, "vol", "create", "dg1", "m", "16M", "--layout", "mirror", "--mirrors", "2")
+    c = clients(1, "dg1/m")
+    st = c.volume_status("dg1/m")
+    show = vctl_json(server, "vol", "show", "dg1/m")
+    plex_disk = {p: show["plexes"][p]["columns"][0]["subdisks"][0]["disk"] for p in (0, 1)}
+    assert st["read_plex"] == 0 and plex_disk[0] == "d0", (st, plex_disk)
+    path = c.path("dg1/m")
+    data = os.urandom(131072)
+    assert write_at(path, 4096, data) == len(data)
+    vanishing.vanish()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for _ in range(3):
+            assert os.pread(fd, len(data), 4096) == data
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"b" * 4096, 0)
+        assert exc.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    st = c.volume_status("dg1/m")
+    assert st["read_plex"] == 1 and st["read_failovers"] == 1, st
+    assert c.log_text().count("reading from plex 1") == 1
+    assert c.proc.poll() is None
 
 
 def test_server_restart_resumes_io_without_errors(server, dg, clients, tmp_path):
