@@ -271,10 +271,14 @@ class FenceDriver:
         if newer is not None:
             await self._follow(newer)
             return
-        lost = self.members - self.hb.reachable() - {self.me}
+        lost = self.members - self._participants() - {self.me}
         if lost:
             async with self._busy:
                 await self._membership_change(lost)
+
+    def _participants(self) -> frozenset[int]:
+        return decisions.participants(self.me, self.hb.reachable(),
+                                      {n: p.state for n, p in self.hb.peers.items()})
 
     async def _follow(self, view: tuple[int, frozenset[int]]) -> None:
         """A peer announces a newer membership (a join, a leave, or our racer won)."""
@@ -299,7 +303,7 @@ class FenceDriver:
         # view settle before judging the subcluster (else a racer would count a peer
         # that is already gone and race as the majority).
         await trio.sleep(self.opts.interval * 1.5)
-        sub = self.hb.reachable() & (self.members | {self.me})
+        sub = self._participants() & (self.members | {self.me})
         lost = self.members - sub
         racer = decisions.racer_of(sub)
         log.warning("node %d lost %s; subcluster %s, racer node %d", self.me, sorted(lost),

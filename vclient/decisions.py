@@ -96,6 +96,14 @@ def plan_race(coord: Membership, cluster_id: str, me: int, reachable: frozenset[
     return RaceResult(True, new.members, victims, new)
 
 
+def participants(me: int, reachable: frozenset[int], states: dict[int, str]) -> frozenset[int]:
+    """The nodes this node's subcluster counts: itself and every mutually reachable
+    peer, except one announcing that it ejected itself. A follower whose racer fell
+    silent ejects itself (Figure 10, 1060); if the racer wakes and wins, that node is
+    still recorded as a member, and must be removed and fenced like a lost one."""
+    return frozenset(n for n in reachable if n == me or states.get(n) != "ejected")
+
+
 def racer_of(subcluster: frozenset[int]) -> int:
     """The lowest node id of a subcluster races for it (¶0047)."""
     return min(subcluster)

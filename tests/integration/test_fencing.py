@@ -288,3 +288,25 @@ def test_saturated_data_path_keeps_heartbeats(make_cluster):
         assert st["generation"] == before[i] and st["races"] == 0, st
     fuse = c.nodes[1].status()["fuse"]
     assert fuse["loop"] == "fast" and fuse["fast_requests"] > 1000, fuse
+
+
+def test_one_redundant_link_lost_is_not_a_partition(make_cluster):
+    """Two heartbeat links per node (¶0003): losing one link changes nothing; losing
+    both is a partition, resolved by the race."""
+    c = make_cluster(2, links=2)
+    for i in (1, 2):
+        c.start(i, "dg/data")
+    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 20, "2 members")
+    generation = c.cluster_state(1)["generation"]
+    c.nft.drop_between([c.ports[1][0]], [c.ports[2][0]])          # link 0 only
+    timeout = c.cluster_state(1)["heartbeat"]["timeout"]
+    wait_for(lambda: all(
+        (lambda p: p["links"].get("0", 0) > timeout and p["links"].get("1", 9) < timeout)(
+            c.cluster_state(i)["peers"][0]) for i in (1, 2)), 20, "link 0 silent, link 1 alive")
+    for i in (1, 2):
+        st = c.cluster_state(i)
+        assert st["state"] == "member" and st["members"] == [1, 2], st
+        assert st["generation"] == generation and st["races"] == 0, st
+    c.nft.drop_between([c.ports[1][1]], [c.ports[2][1]])          # and link 1
+    st = wait_for(lambda: resolved(c, (1, 2)), 30, "the partition to be resolved")
+    assert sorted(s["state"] for s in st.values()) == ["ejected", "member"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fencevol import coord
-from vclient.decisions import JoinRefused, plan_join, plan_leave, plan_race, racer_of
+from vclient.decisions import JoinRefused, participants, plan_join, plan_leave, plan_race, racer_of
 
 
 class ModelCoordinator:
@@ -123,3 +123,20 @@ def test_leave_and_lost_race():
     assert won.won and won.victims == {2}
     lost = plan_race(won.new, "c", 2, frozenset({2}), now=8)
     assert not lost.won and "no longer a member" in lost.reason
+
+
+def test_a_self_ejected_follower_is_removed_by_the_racer_that_wins_late():
+    """Trial 173 of `tools/check --seed 43`: {1,2}|{3}, racer 1 frozen while holding
+    the coordinator; follower 2 ejects itself (racer silent), then 1 wakes and wins
+    with members [1, 2]. Node 2, heard but ejected, is not a participant: node 1
+    sees it lost, races again and removes it."""
+    m = all_members(3)
+    won = plan_race(m, "c", 1, frozenset({1, 2}), now=1)
+    assert won.won and won.new.members == {1, 2}
+    states = {2: "ejected", 3: "member"}
+    sub = participants(1, frozenset({1, 2}), states)
+    assert sub == {1}
+    again = plan_race(won.new, "c", 1, sub & won.new.members, now=2)
+    assert again.won and again.victims == {2} and again.new.members == {1}
+    assert participants(1, frozenset({1, 2, 3}), {2: "member", 3: "racing"}) == {1, 2, 3}
+    assert participants(2, frozenset({2}), {2: "ejected"}) == {2}      # never drops itself
