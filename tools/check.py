@@ -36,9 +36,12 @@ from harness import (  # noqa: E402
     WriterProc,
     extent_map_from_show,
     parse_writer_log,
+    partition_resolved,
     wait_for,
 )
 from writer import BLOCK, decode  # noqa: E402
+
+from vclient.gate import UNSAFE_SWITCH, UNSAFE_VALUE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
@@ -68,7 +71,7 @@ class Trial:
         self.events: dict[str, dict[str, dict]] = {n: {} for n in self.nodes}
         self.env = dict(ENV)
         if args.disable_gate_for_self_test:
-            self.env["FENCEVOL_UNSAFE_DISABLE_GATE"] = "yes-break-fencing-for-checker-self-test"
+            self.env[UNSAFE_SWITCH] = UNSAFE_VALUE
 
     # -- plumbing -----------------------------------------------------------------------
     def sh(self, *cmd: str, timeout: float = 120, check: bool = True) -> str:
@@ -126,21 +129,16 @@ class Trial:
                         timeout=60)
         self.wait(self.all_members, 40, "every node to be a member again")
 
-    def resolved(self, a: list[str], b: list[str]):
+    def resolved(self):
         st = self.status()
-        states = {n: self.cluster_of(st, n).get("state") for n in self.nodes}
-        if any(s not in ("member", "ejected") for s in states.values()):
-            return None
-        members = sorted(n for n, s in states.items() if s == "member")
-        if not members or len(members) == len(self.nodes):
-            return None
-        views = {tuple(self.cluster_of(st, n).get("members", [])) for n in members}
-        return (members, states) if views == {tuple(sorted(int(n) for n in members))} else None
+        clusters = {n: self.cluster_of(st, n) for n in self.nodes}
+        members = partition_resolved(clusters)
+        return (members, {n: c.get("state") for n, c in clusters.items()}) if members else None
 
     def check_partition(self, a: list[str], b: list[str], what: str) -> None:
         """(c): exactly one side kept membership; the other side ejected itself."""
         try:
-            members, states = self.wait(lambda: self.resolved(a, b), 40, f"{what} to resolve")
+            members, states = self.wait(self.resolved, 40, f"{what} to resolve")
         except TrialFailed as exc:
             self.violations.append(f"(c) {what}: {exc}")
             return

@@ -33,6 +33,7 @@ from harness import (  # noqa: E402
     free_udp_ports,
     launch,
     mounted,
+    spawn,
     vctl,
     wait_for,
     wait_line_in_file,
@@ -123,10 +124,7 @@ def start_nodes(d: Path, st: dict, nodes: list[str]) -> None:
                 b["pid"] = start_bindfs(Path(b["source"]), Path(b["mount"]))
         if not mounted(n["mount"]):
             os.makedirs(n["mount"], exist_ok=True)
-        out = Path(n["log"] + ".out")
-        with open(n["log"], "ab") as logf, open(out, "wb") as outf:
-            procs[node] = subprocess.Popen(n["argv"], stdout=outf, stderr=logf, stdin=subprocess.DEVNULL,
-                                           env=ENV, start_new_session=True)
+        procs[node] = spawn(n["argv"], Path(n["log"]), detached=True)
         n["pid"] = procs[node].pid
     save(d, st)
     for node, proc in procs.items():

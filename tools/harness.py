@@ -52,20 +52,26 @@ def wait_line_in_file(proc: subprocess.Popen, path: Path, timeout: float, what: 
         time.sleep(0.02)
 
 
-def launch(cmd: list[str], log: Path, what: str, timeout: float, detached: bool = False,
-           env: dict | None = None):
-    """Start a daemon with stderr appended to ``log``; return it and its readiness
-    line. Detached daemons write stdout to ``log``.out (no pipe to outlive)."""
+def spawn(cmd: list[str], log: Path, detached: bool = False, env: dict | None = None):
+    """Start a daemon in its own session with stderr appended to ``log``; its stdout
+    goes to a pipe, or for detached daemons to ``log``.out (no pipe to outlive).
+    ``env`` adds to the harness environment."""
     env = ENV if env is None else dict(ENV, **env)
     with open(log, "ab") as logf:
         if detached:
-            out = Path(str(log) + ".out")
-            with open(out, "wb") as outf:
-                proc = subprocess.Popen(cmd, stdout=outf, stderr=logf, stdin=subprocess.DEVNULL,
+            with open(str(log) + ".out", "wb") as outf:
+                return subprocess.Popen(cmd, stdout=outf, stderr=logf, stdin=subprocess.DEVNULL,
                                         env=env, start_new_session=True)
-            return proc, wait_line_in_file(proc, out, timeout, what)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
+
+
+def launch(cmd: list[str], log: Path, what: str, timeout: float, detached: bool = False,
+           env: dict | None = None):
+    """``spawn`` and wait for the daemon's readiness line; return both."""
+    proc = spawn(cmd, log, detached, env)
+    if detached:
+        return proc, wait_line_in_file(proc, Path(str(log) + ".out"), timeout, what)
     return proc, read_line(proc, timeout, what)
 
 
@@ -190,9 +196,7 @@ class Client:
             self.mount.mkdir(exist_ok=True)
         what = f"vclient {self.node_id} (log {self.log})"
         if not wait:
-            with open(self.log, "ab") as logf:
-                self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=logf,
-                                             stdin=subprocess.DEVNULL, env=ENV, start_new_session=True)
+            self.proc = spawn(self.command(), self.log, env=self.env)
             return self
         self.proc, line = launch(self.command(), self.log, what, timeout, self.detached, self.env)
         assert "mounted" in line, line
@@ -390,6 +394,21 @@ class Cluster:
                 self.server.stop()
             except Exception as exc:
                 print(f"harness: stopping vserver: {exc!r}", file=sys.stderr)
+
+
+def partition_resolved(clusters: dict) -> list | None:
+    """Given each node's ``cluster`` status (keyed by node id, int or str): the
+    member nodes once a partition is resolved -- every node a member or ejected, some
+    but not all ejected, and every member's view listing exactly the members --
+    else None."""
+    states = {n: (c or {}).get("state") for n, c in clusters.items()}
+    if any(s not in ("member", "ejected") for s in states.values()):
+        return None
+    members = sorted((n for n, s in states.items() if s == "member"), key=int)
+    if not members or len(members) == len(states):
+        return None
+    want = sorted(int(n) for n in members)
+    return members if all(sorted(clusters[n].get("members", [])) == want for n in members) else None
 
 
 def parse_writer_log(path: Path) -> list[tuple]:

@@ -25,6 +25,7 @@ from fencevol.errors import (
 )
 
 from . import decisions
+from .decisions import EJECTED, IDLE, JOINING, LEFT, MEMBER, RACING
 from .heartbeat import Heartbeats
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vclient.cluster")
 
-JOINING, MEMBER, RACING, EJECTED, LEFT, IDLE = "joining", "member", "racing", "ejected", "left", "idle"
 HISTORY = 200
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from fencevol.coord import Membership
 from fencevol.errors import InvalidArgument
 
+# A node's cluster state, as it announces it in every heartbeat.
+JOINING, MEMBER, RACING, EJECTED, LEFT, IDLE = "joining", "member", "racing", "ejected", "left", "idle"
+
 
 class JoinRefused(InvalidArgument):
     """The coordinator and the live cluster disagree: the node must not join."""
@@ -101,7 +104,7 @@ def participants(me: int, reachable: frozenset[int], states: dict[int, str]) -> 
     peer, except one announcing that it ejected itself. A follower whose racer fell
     silent ejects itself (Figure 10, 1060); if the racer wakes and wins, that node is
     still recorded as a member, and must be removed and fenced like a lost one."""
-    return frozenset(n for n in reachable if n == me or states.get(n) != "ejected")
+    return frozenset(n for n in reachable if n == me or states.get(n) != EJECTED)
 
 
 def racer_of(subcluster: frozenset[int]) -> int:

@@ -27,6 +27,8 @@ import trio
 
 from fencevol.crc import crc32c
 
+from .decisions import MEMBER, RACING
+
 log = logging.getLogger("vclient.heartbeat")
 
 TAG = 16
@@ -159,7 +161,7 @@ class Heartbeats:
         peer.heard_on[link] = now
         peer.incarnation = int(msg.get("i", 0))
         peer.state = str(msg.get("st", ""))
-        if peer.state in ("member", "racing"):
+        if peer.state in (MEMBER, RACING):
             peer.member_incarnation = peer.incarnation
         peer.generation = int(msg.get("g", 0))
         peer.members = frozenset(int(m) for m in msg.get("m", []))

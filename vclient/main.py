@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import os
 
 import trio
@@ -141,7 +142,6 @@ def cmd_run(args) -> int:
         if os.environ[UNSAFE_SWITCH] != UNSAFE_VALUE:
             raise InvalidArgument(f"{UNSAFE_SWITCH} is set to an unknown value; unset it")
         disable_for_checker_self_test()
-        import logging
         logging.getLogger("vclient").critical(
             "FENCE GATE DISABLED (%s): this node ignores fencing; for tools/check's self-test only",
             UNSAFE_SWITCH)

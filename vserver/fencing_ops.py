@@ -40,7 +40,7 @@ from .ops import (
 )
 from .pr import TYPE_NAMES
 from .server import Session, VolumeServer
-from .storage import Disk, Group
+from .storage import Disk, Group, write_pr_all
 
 log = logging.getLogger("vserver.fencing")
 
@@ -226,7 +226,7 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
             if hit:
                 changed.append(disk)
         if changed:
-            await trio.to_thread.run_sync(lambda: [disk.write_pr() for disk in changed])
+            await trio.to_thread.run_sync(write_pr_all, changed)
         # 2. Abort: revoke the delegations granted to those keys; wait for acks or
         #    lease + margin.
         delegs = [d for d in srv.table.by_id.values() if d.node in victims and (not d.key or doomed(d.key))]
@@ -305,7 +305,7 @@ async def op_pr_preempt(srv: VolumeServer, sess, args, payload):
                 hit.append(disk)
         if not hit:
             raise NotFound("no such registration on the given disk(s)")
-        await trio.to_thread.run_sync(lambda: [d.write_pr() for d in hit])
+        await trio.to_thread.run_sync(write_pr_all, hit)
         delegs = [d for d in srv.table.by_id.values() if d.node in nodes]
         await srv.revoke(delegs, "fence")
         for d in delegs:
@@ -351,6 +351,6 @@ async def op_pr_forget(srv: VolumeServer, sess, args, payload):
         raise NotFound(f"key {format_key(key)} is not preempted on the given disk(s)")
     for d in hit:
         d.pr.forget_tombstone(key)
-    await trio.to_thread.run_sync(lambda: [d.write_pr() for d in hit])
+    await trio.to_thread.run_sync(write_pr_all, hit)
     return {"disks": [_describe_keys(srv, d) for d in hit]}, b""
 

@@ -34,7 +34,7 @@ from . import allocator, storage
 from .delegations import ACTIVE, RESTORED, REVOKED, REVOKING, Delegation
 from .model import GroupConfig, Volume
 from .server import Session, VolumeServer
-from .storage import Disk, Group
+from .storage import Disk, Group, write_pr_all
 
 log = logging.getLogger("vserver")
 
@@ -522,7 +522,7 @@ async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, n
     now = time.time()
     for disk in todo:
         disk.pr.register(key, node, now)     # ReservationConflict if tombstoned
-    await trio.to_thread.run_sync(lambda: [disk.write_pr() for disk in todo])
+    await trio.to_thread.run_sync(write_pr_all, todo)
     log.info("node %d registered key %s on %s", node, format_key(key),
              ", ".join(disk.name for disk in todo))
 

@@ -115,6 +115,13 @@ class Disk:
             self.fd = -1
 
 
+def write_pr_all(disks) -> None:
+    """Persist the reservation table of every disk in ``disks`` (blocking: run it in
+    a worker thread)."""
+    for disk in disks:
+        disk.write_pr()
+
+
 @dataclass
 class Group:
     config: GroupConfig

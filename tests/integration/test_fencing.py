@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from harness import Cluster, WriterProc, vctl, vctl_json, wait_for
+from harness import Client, Cluster, WriterProc, partition_resolved, vctl, vctl_json, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuse, pytest.mark.nft]
 
@@ -48,45 +48,48 @@ def states(cluster, nodes):
     return {i: cluster.cluster_state(i)["state"] for i in nodes}
 
 
+def members_are(cluster, nodes, timeout: float = 20):
+    """Wait until every node of ``nodes`` sees exactly ``nodes`` as the members."""
+    want = sorted(nodes)
+    wait_for(lambda: all(cluster.cluster_state(i)["members"] == want for i in want), timeout,
+             f"members {want}")
+
+
+def start_members(cluster, nodes, *attach):
+    """Start ``nodes`` (attaching ``attach``) and wait until they are the members."""
+    for i in nodes:
+        cluster.start(i, *attach)
+    members_are(cluster, nodes)
+
+
 def resolved(cluster, nodes):
-    """The states once some node was ejected and every other node is a member of a
-    view holding exactly the members (else None)."""
-    nodes = list(nodes)
+    """The nodes' cluster states once the partition is resolved (else None)."""
     st = {i: cluster.cluster_state(i) for i in nodes}
-    if any(s["state"] not in ("member", "ejected") for s in st.values()):
-        return None
-    members = [i for i, s in st.items() if s["state"] == "member"]
-    if not members or len(members) == len(nodes):
-        return None
-    return st if all(set(st[i]["members"]) == set(members) for i in members) else None
+    return st if partition_resolved(st) else None
 
 
 def test_parallel_figure10(make_cluster):
     c = make_cluster(4)
-    for i in range(1, 5):
-        c.start(i, "dg/data")
-    for i in range(1, 5):
-        wait_for(lambda i=i: c.cluster_state(i)["members"] == [1, 2, 3, 4], 20, f"node {i} to see 4 members")
+    start_members(c, range(1, 5), "dg/data")
     writers = {i: writer(c, i, f"{i * 100}-{i * 100 + 49}") for i in range(1, 5)}
-    if True:
-        wait_for(lambda: all(w.entries() for w in writers.values()), 10, "writers to start")
-        t_cut = time.time()
-        c.partition([1, 2], [3, 4])
-        st = wait_for(lambda: resolved(c, range(1, 5)), 30, "the partition to be resolved")
-        members = sorted(i for i, s in st.items() if s["state"] == "member")
-        assert members in ([1, 2], [3, 4]), st
-        losers = sorted(set(range(1, 5)) - set(members))
-        assert all(st[i]["state"] == "ejected" for i in losers)
-        t_resolved = time.time()
-        wait_for(lambda: all(writers[i].oks_after(t_resolved + 0.5) for i in members), 10,
-                 "survivors to keep writing")
-        wait_for(lambda: all(writers[i].errors_after(t_cut) for i in losers), 10,
-                 "losers' writes to fail")
-        for w in writers.values():
-            w.stop()
-        for i in losers:
-            assert all(e[4] == errno.EIO for e in writers[i].errors_after(t_cut))
-            assert writers[i].oks_after(t_resolved) == []
+    wait_for(lambda: all(w.entries() for w in writers.values()), 10, "writers to start")
+    t_cut = time.time()
+    c.partition([1, 2], [3, 4])
+    st = wait_for(lambda: resolved(c, range(1, 5)), 30, "the partition to be resolved")
+    members = sorted(i for i, s in st.items() if s["state"] == "member")
+    assert members in ([1, 2], [3, 4]), st
+    losers = sorted(set(range(1, 5)) - set(members))
+    assert all(st[i]["state"] == "ejected" for i in losers)
+    t_resolved = time.time()
+    wait_for(lambda: all(writers[i].oks_after(t_resolved + 0.5) for i in members), 10,
+             "survivors to keep writing")
+    wait_for(lambda: all(writers[i].errors_after(t_cut) for i in losers), 10,
+             "losers' writes to fail")
+    for w in writers.values():
+        w.stop()
+    for i in losers:
+        assert all(e[4] == errno.EIO for e in writers[i].errors_after(t_cut))
+        assert writers[i].oks_after(t_resolved) == []
     show = vctl_json(c.server, "coord", "show", "dg/coord")
     assert show["checksum_ok"] and show["membership"]["members"] == members
     keys = vctl_json(c.server, "pr", "read-keys")
@@ -98,8 +101,7 @@ def test_parallel_figure10(make_cluster):
         info = subprocess.run([str(c.nodes[i].command()[0]), "join", "--control", c.nodes[i].control,
                                "--json"], capture_output=True, text=True, timeout=60)
         assert info.returncode == 0, info.stderr
-    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2, 3, 4] for i in range(1, 5)), 20,
-             "everyone to be a member again")
+    members_are(c, range(1, 5))
     for i in losers:
         fd = os.open(c.nodes[i].path("dg/data"), os.O_RDWR)
         try:
@@ -118,36 +120,35 @@ def test_failover_figure9_standby_takes_over_after_fence(make_cluster):
     n2 = c.start(2)
     wait_for(lambda: c.cluster_state(2)["members"] == [1, 2], 20, "both members")
     w = writer(c, 1, "0-63")
-    if True:
-        wait_for(lambda: len(w.entries()) > 20, 10, "node 1 writing")
-        rival = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
-                                "--control", n2.control], capture_output=True, text=True, timeout=30)
-        assert rival.returncode != 0 and "attached exclusive by node 1" in rival.stderr
-        os.kill(n1.proc.pid, signal.SIGSTOP)
-        t_stop = time.time()
-        c.partition([1], [2])
-        st = wait_for(lambda: (lambda s: s["members"] == [2] and s["last_fence"] and s)(
-            c.cluster_state(2)), 30, "node 2 to win and fence node 1")
-        lease = vctl_json(c.server, "status")["server"]["lease"]
-        # The server could not reach node 1: the fence waited out its lease + margin.
-        assert st["last_fence"]["lease_expired"] == [1] and st["last_fence"]["acknowledged"] == []
-        assert st["last_fence"]["at"] - t_stop >= lease["duration"] + lease["margin"] - 1.5
-        took = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
-                               "--control", n2.control], capture_output=True, text=True, timeout=30)
-        assert took.returncode == 0, took.stderr
-        # Node 2 owns the data now: overwrite node 1's slots with its own pattern.
-        fd = os.open(n2.path("dg/data"), os.O_RDWR)
-        try:
-            for slot in range(0, 64):
-                os.pwrite(fd, b"node=2 took over".ljust(BLOCK, b"#"), slot * BLOCK)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        t_told = time.time()
-        os.kill(n1.proc.pid, signal.SIGCONT)
-        wait_for(lambda: c.cluster_state(1)["state"] == "ejected", 20, "node 1 to eject itself")
-        wait_for(lambda: len(w.errors_after(t_told)) >= 3, 20, "node 1's writes to fail")
-        w.stop()
+    wait_for(lambda: len(w.entries()) > 20, 10, "node 1 writing")
+    rival = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
+                            "--control", n2.control], capture_output=True, text=True, timeout=30)
+    assert rival.returncode != 0 and "attached exclusive by node 1" in rival.stderr
+    os.kill(n1.proc.pid, signal.SIGSTOP)
+    t_stop = time.time()
+    c.partition([1], [2])
+    st = wait_for(lambda: (lambda s: s["members"] == [2] and s["last_fence"] and s)(
+        c.cluster_state(2)), 30, "node 2 to win and fence node 1")
+    lease = vctl_json(c.server, "status")["server"]["lease"]
+    # The server could not reach node 1: the fence waited out its lease + margin.
+    assert st["last_fence"]["lease_expired"] == [1] and st["last_fence"]["acknowledged"] == []
+    assert st["last_fence"]["at"] - t_stop >= lease["duration"] + lease["margin"] - 1.5
+    took = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
+                           "--control", n2.control], capture_output=True, text=True, timeout=30)
+    assert took.returncode == 0, took.stderr
+    # Node 2 owns the data now: overwrite node 1's slots with its own pattern.
+    fd = os.open(n2.path("dg/data"), os.O_RDWR)
+    try:
+        for slot in range(0, 64):
+            os.pwrite(fd, b"node=2 took over".ljust(BLOCK, b"#"), slot * BLOCK)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    t_told = time.time()
+    os.kill(n1.proc.pid, signal.SIGCONT)
+    wait_for(lambda: c.cluster_state(1)["state"] == "ejected", 20, "node 1 to eject itself")
+    wait_for(lambda: len(w.errors_after(t_told)) >= 3, 20, "node 1's writes to fail")
+    w.stop()
     assert w.oks_after(t_told) == []
     # Not one byte of node 1 landed after node 2 was told it was fenced.
     show = vctl_json(c.server, "vol", "show", "dg/data")
@@ -184,10 +185,8 @@ def test_corrupt_coordinator_refuses_join(make_cluster, tmp_path):
     assert vctl_json(c.server, "status")["attachments"] == []
 
 
-@pytest.mark.parametrize("case", ["wrong cluster", "unknown node", "peer lists differ",
-                                  "duplicate node id"])
+@pytest.mark.parametrize("case", ["wrong cluster", "unknown node", "peer lists differ"])
 def test_bad_cluster_configuration_refuses_join(make_cluster, case):
-    from harness import Client
     c = make_cluster(2)
     if case == "wrong cluster":
         args = [a if a != c.cluster_id else "othercluster" for a in c.node_command_args(1)]
@@ -196,37 +195,11 @@ def test_bad_cluster_configuration_refuses_join(make_cluster, case):
     elif case == "unknown node":
         n = Client(c.server, 7, c.workdir, extra=tuple(c.node_command_args(1)))
         message = "no record"
-    elif case == "peer lists differ":
+    else:
         c.start(2)
         args = c.node_command_args(1) + ["--peer", "5=127.0.0.1:9"]
         n = Client(c.server, 1, c.workdir, extra=tuple(args))
         message = "different peer list"
-    else:
-        # A second process claiming node 2, from another address (as from another host):
-        # the server refuses its session while node 2's is alive, so it never reaches
-        # the coordinator, and node 2 is not disturbed.
-        for i in (1, 2):
-            c.start(i, "dg/data")
-        wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 20, "2 members")
-        generation = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["generation"]
-        connects = c.nodes[2].status()["server"]["connects"]
-        own = f"127.0.0.1:{c.ports[2][0]}"
-        args = [f"127.0.0.5:{c.ports[2][0]}" if a == own else a for a in c.node_command_args(2)]
-        (c.workdir / "dup").mkdir()
-        n = Client(c.server, 2, c.workdir / "dup", "dg/data", extra=tuple(args))
-        c.others.append(n)
-        n.start(wait=False)
-        wait_for(lambda: n.log_text().count("already connected") >= 2, 30, "the duplicate refused, twice")
-        assert "node id 2 is already connected" in n.log_text()
-        assert n.proc.poll() is None and not (c.workdir / "dup" / "mnt2" / "dg").exists()
-        n.stop()
-        for i in (1, 2):
-            st = c.cluster_state(i)
-            assert st["state"] == "member" and st["members"] == [1, 2] and st["races"] == 0, st
-        assert c.nodes[2].status()["server"]["connects"] == connects
-        m = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]
-        assert m["generation"] == generation
-        return
     c.nodes[n.node_id] = n
     n.start(wait=False)
     assert n.proc.wait(60) != 0
@@ -235,16 +208,40 @@ def test_bad_cluster_configuration_refuses_join(make_cluster, case):
     assert n.node_id not in m["members"]
 
 
+def test_duplicate_node_id_is_refused(make_cluster):
+    """A second process claiming node 2, from another address (as from another host):
+    the server refuses its session while node 2's is alive, so it never reaches the
+    coordinator, and node 2 is not disturbed."""
+    c = make_cluster(2)
+    start_members(c, (1, 2), "dg/data")
+    generation = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["generation"]
+    connects = c.nodes[2].status()["server"]["connects"]
+    own = f"127.0.0.1:{c.ports[2][0]}"
+    args = [f"127.0.0.5:{c.ports[2][0]}" if a == own else a for a in c.node_command_args(2)]
+    (c.workdir / "dup").mkdir()
+    n = Client(c.server, 2, c.workdir / "dup", "dg/data", extra=tuple(args))
+    c.others.append(n)
+    n.start(wait=False)
+    wait_for(lambda: n.log_text().count("already connected") >= 2, 30, "the duplicate refused, twice")
+    assert "node id 2 is already connected" in n.log_text()
+    assert n.proc.poll() is None and not (c.workdir / "dup" / "mnt2" / "dg").exists()
+    n.stop()
+    for i in (1, 2):
+        st = c.cluster_state(i)
+        assert st["state"] == "member" and st["members"] == [1, 2] and st["races"] == 0, st
+    assert c.nodes[2].status()["server"]["connects"] == connects
+    m = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]
+    assert m["generation"] == generation
+
+
 def test_graceful_leave_needs_no_fencing(make_cluster):
     c = make_cluster(3)
-    for i in (1, 2, 3):
-        c.start(i, "dg/data")
-    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2, 3] for i in (1, 2, 3)), 20, "3 members")
+    start_members(c, (1, 2, 3), "dg/data")
     r = subprocess.run([str(c.nodes[3].command()[0]), "leave", "--control", c.nodes[3].control],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     c.nodes[3].stop()
-    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 10, "2 members")
+    members_are(c, (1, 2), 10)
     time.sleep(2.0)   # longer than the heartbeat timeout: nobody must race over the leaver
     for i in (1, 2):
         st = c.cluster_state(i)
@@ -257,9 +254,7 @@ def test_majority_survives_a_minority_partition(make_cluster):
     """{1} | {2, 3}: node 1 is the lowest id but alone; the larger side wins
     (the minority's racer starts late) and node 1 is fenced."""
     c = make_cluster(3)
-    for i in (1, 2, 3):
-        c.start(i, "dg/data")
-    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2, 3] for i in (1, 2, 3)), 20, "3 members")
+    start_members(c, (1, 2, 3), "dg/data")
     c.partition([1], [2, 3])
     st = wait_for(lambda: resolved(c, (1, 2, 3)), 30, "the partition to be resolved")
     assert st[1]["state"] == "ejected" and st[2]["members"] == [2, 3]
@@ -271,9 +266,7 @@ def test_saturated_data_path_keeps_heartbeats(make_cluster):
     request loop must still yield to heartbeats and renewals: no peer is lost, nobody
     races, and the requests went through the fast wait (fuse_fs.fastwait)."""
     c = make_cluster(2)
-    for i in (1, 2):
-        c.start(i, "dg/data")
-    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 20, "2 members")
+    start_members(c, (1, 2), "dg/data")
     before = {i: c.cluster_state(i)["generation"] for i in (1, 2)}
     timeout = c.cluster_state(1)["heartbeat"]["timeout"]
     cp = subprocess.run(["fio", "--name=load", f"--filename={c.nodes[1].path('dg/data')}",
@@ -294,15 +287,16 @@ def test_one_redundant_link_lost_is_not_a_partition(make_cluster):
     """Two heartbeat links per node (¶0003): losing one link changes nothing; losing
     both is a partition, resolved by the race."""
     c = make_cluster(2, links=2)
-    for i in (1, 2):
-        c.start(i, "dg/data")
-    wait_for(lambda: all(c.cluster_state(i)["members"] == [1, 2] for i in (1, 2)), 20, "2 members")
+    start_members(c, (1, 2), "dg/data")
     generation = c.cluster_state(1)["generation"]
     c.nft.drop_between([c.ports[1][0]], [c.ports[2][0]])          # link 0 only
     timeout = c.cluster_state(1)["heartbeat"]["timeout"]
-    wait_for(lambda: all(
-        (lambda p: p["links"].get("0", 0) > timeout and p["links"].get("1", 9) < timeout)(
-            c.cluster_state(i)["peers"][0]) for i in (1, 2)), 20, "link 0 silent, link 1 alive")
+
+    def only_link_1_heard(i):
+        silence = c.cluster_state(i)["peers"][0]["links"]     # link -> seconds since heard
+        return silence.get("0", 0) > timeout and silence.get("1", 9) < timeout
+
+    wait_for(lambda: all(only_link_1_heard(i) for i in (1, 2)), 20, "link 0 silent, link 1 alive")
     for i in (1, 2):
         st = c.cluster_state(i)
         assert st["state"] == "member" and st["members"] == [1, 2], st
