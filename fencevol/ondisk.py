@@ -16,6 +16,11 @@ header with the CRC field zeroed, then the payload) -- followed by a JSON payloa
 An update writes generation g+1 into the slot *not* holding the newest valid copy
 and fdatasyncs, so a crash mid-write leaves the previous copy intact (S4). A slot
 holding the magic whose CRC fails is reported, never used.
+
+All of it is read and written with direct I/O (``fencevol.directio``): another host
+may have changed the private region since this one last looked. Slots start on
+4 KiB boundaries; a write covers the header and payload rounded up to 4 KiB (the
+rest of the slot is never read: the header's length bounds the payload).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
+from fencevol import directio
 from fencevol.crc import crc32c
 from fencevol.errors import ChecksumError, InvalidArgument, NotFound
 
@@ -42,6 +48,7 @@ _AREAS = {
     CONFIG: (64 << 10, (PRIVATE_SIZE - (64 << 10)) // 2),
 }
 MIN_DISK_SIZE = PRIVATE_SIZE + (16 << 20)
+IO_UNIT = 4096                   # slot offsets and write lengths are multiples of this
 
 
 def slot_offset(kind: int, slot: int) -> int:
@@ -123,11 +130,24 @@ class AreaState:
         return 1 - self.best.slot if self.best else 0
 
 
+def _read_slot(fd: int, kind: int, slot: int) -> memoryview:
+    """A slot's header and payload (the header's length says how much), read with
+    direct I/O: the first 4 KiB, then the rest only if the payload needs it."""
+    off, size = slot_offset(kind, slot), _AREAS[kind][1]
+    buf = directio.aligned_buffer(size)
+    got = os.preadv(fd, [buf[:IO_UNIT]], off)
+    if got == IO_UNIT and buf[:8] == MAGIC:
+        plen = SLOT_HEADER.unpack_from(buf)[4]
+        want = min(size, -(-(SLOT_HEADER.size + plen) // IO_UNIT) * IO_UNIT)
+        if want > IO_UNIT:
+            got += os.preadv(fd, [buf[IO_UNIT:want]], off + IO_UNIT)
+    return buf[:got]
+
+
 def read_area(fd: int, kind: int) -> AreaState:
     slots = []
     for slot in (0, 1):
-        raw = os.pread(fd, _AREAS[kind][1], slot_offset(kind, slot))
-        slots.append(decode_slot(kind, slot, raw))
+        slots.append(decode_slot(kind, slot, _read_slot(fd, kind, slot)))
     valid = [s for s in slots if s.payload is not None]
     best = max(valid, key=lambda s: s.generation) if valid else None
     return AreaState(kind, slots, best)
@@ -144,7 +164,9 @@ def write_area(fd: int, area: AreaState, payload: dict, generation: int | None =
         raise ChecksumError(f"refusing to overwrite damaged {area.problems[0]}; repair first")
     gen = area.generation + 1 if generation is None else generation
     data = encode_slot(area.kind, gen, json.dumps(payload, separators=(",", ":")).encode())
-    os.pwrite(fd, data, slot_offset(area.kind, target))
+    buf = directio.aligned_buffer(-(-len(data) // IO_UNIT) * IO_UNIT)
+    buf[:len(data)] = data
+    os.pwrite(fd, buf, slot_offset(area.kind, target))
     os.fdatasync(fd)
     st = SlotState(target, gen, data[SLOT_HEADER.size:])
     slots = list(area.slots)
@@ -152,8 +174,13 @@ def write_area(fd: int, area: AreaState, payload: dict, generation: int | None =
     return AreaState(area.kind, slots, st)
 
 
+def clear_slot(fd: int, kind: int, slot: int) -> None:
+    """Zero one slot (repair of a damaged copy); the caller fdatasyncs."""
+    os.pwrite(fd, directio.aligned_buffer(_AREAS[kind][1]), slot_offset(kind, slot))
+
+
 def clear_private_region(fd: int) -> None:
-    zero = bytes(1 << 20)
+    zero = directio.aligned_buffer(1 << 20)
     for off in range(0, PRIVATE_SIZE, len(zero)):
         os.pwrite(fd, zero, off)
     os.fdatasync(fd)
@@ -183,7 +210,8 @@ class Label:
 
 
 def open_disk(path: str) -> tuple[int, int]:
-    """Open a disk image or block device read-write; return ``(fd, size)``.
+    """Open a disk image or block device read-write with direct I/O; return
+    ``(fd, size)``.
 
     Raises ``NotFound`` / ``InvalidArgument`` with a one-line reason."""
     try:
@@ -195,7 +223,7 @@ def open_disk(path: str) -> tuple[int, int]:
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise InvalidArgument(f"{path}: not a regular file or block device")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = directio.open_direct(path)
     except OSError as exc:
         raise InvalidArgument(f"{path}: cannot open read-write: {exc.strerror}") from None
     size = os.lseek(fd, 0, os.SEEK_END)

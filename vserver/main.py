@@ -11,6 +11,7 @@ import tomllib
 import trio
 
 from fencevol.cli import run_main, setup_logging
+from fencevol.clock import BOOTTIME
 from fencevol.errors import InvalidArgument
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import parse_address
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         args = build_parser().parse_args(argv)
         settings, level = settings_from(args)
         setup_logging("vserver", level)
-        trio.run(serve, settings)
+        trio.run(serve, settings, clock=BOOTTIME)
         return 0
     run_main("vserver", _main)
 

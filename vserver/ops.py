@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from fencevol import modes, ondisk
+from fencevol import directio, modes, ondisk
 from fencevol.coord import format_key, key_node
 from fencevol.errors import (
     AlreadyExists,
@@ -367,8 +367,7 @@ def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
             for st in area.slots:
                 if st.problem:
                     repaired.append(f"{disk.name}: {ondisk.KIND_NAMES[kind]} slot {'AB'[st.slot]}")
-                    os.pwrite(disk.fd, bytes(ondisk.slot_capacity(kind) + ondisk.SLOT_HEADER.size),
-                              ondisk.slot_offset(kind, st.slot))
+                    ondisk.clear_slot(disk.fd, kind, st.slot)
         os.fdatasync(disk.fd)
         disk.reload()
         if disk.label is not None and disk.areas[ondisk.LABEL].best is not None:
@@ -676,23 +675,28 @@ def _plexes(emap, args: dict):
 
 
 def volume_read(group: Group, emap, plex, offset: int, length: int) -> bytes:
-    buf = bytearray(length)
-    view = memoryview(buf)
+    """Direct reads of one plex, any alignment."""
+    parts = []
     for disk, doff, boff, n in plex.segments(offset, length):
-        if os.preadv(group.disks[emap.disks[disk].id].fd, [view[boff:boff + n]], doff) != n:
+        d = group.disks[emap.disks[disk].id]
+        data = directio.read_range(d.fd, doff, n, d.block)
+        if len(data) != n:
             raise IOFailure(f"short read from disk {emap.disks[disk].name}")
-    return bytes(buf)
+        parts.append(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def volume_write(group: Group, emap, plexes, offset: int, data) -> set[int]:
-    """Write ``data`` to every plex in ``plexes``; return the descriptors written."""
+    """Write ``data`` to every plex in ``plexes`` with direct I/O (partial blocks are
+    read, patched and written back; the server's loop runs one such write at a time,
+    so writes sharing a block never interleave); return the descriptors written."""
     view = memoryview(data)
     written = set()
     for plex in plexes:
         for disk, doff, boff, n in plex.segments(offset, len(data)):
-            fd = group.disks[emap.disks[disk].id].fd
-            os.pwrite(fd, view[boff:boff + n], doff)
-            written.add(fd)
+            d = group.disks[emap.disks[disk].id]
+            directio.write_range(d.fd, doff, view[boff:boff + n], d.block)
+            written.add(d.fd)
     return written
 
 

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fencevol import ondisk
+from fencevol import directio, ondisk
 from fencevol.errors import (
     AlreadyExists,
     ChecksumError,
@@ -35,12 +35,14 @@ log = logging.getLogger("vserver.storage")
 
 
 class Disk:
-    """An open disk: descriptor, label and the three private-region areas."""
+    """An open disk (direct I/O): descriptor, logical block size, label and the three
+    private-region areas."""
 
     def __init__(self, path: str, fd: int, size: int):
         self.path = path
         self.fd = fd
         self.size = size
+        self.block = directio.block_size(fd)
         self.areas: dict[int, ondisk.AreaState] = {}
         self.label: ondisk.Label | None = None
         self.problems: list[str] = []
