@@ -5,10 +5,10 @@ pyfuse3 (3.5) takes every request through a ``trio.Lock`` and
 ``epoll_ctl`` and an ``epoll_wait`` per request. With several fio jobs that was most
 of the client's CPU per 4 KiB read, and the client saturated one core at 0.44x bindfs.
 
-Here a worker coming back for its next request first waits on the device itself with
+Here the worker whose turn it is to read first waits on the device itself with
 ``select(2)`` for up to ``LINGER`` seconds, without leaving the event loop. A request
 that is already queued, or arrives within that window, is taken at once; otherwise
-the worker parks the way pyfuse3 does (one waiter at a time, under a lock). Direct
+the worker parks the way pyfuse3 does (in trio's ``wait_readable``). Direct
 writes to one FUSE file are serialized by the kernel (one in flight; libfuse 3.14
 cannot set FOPEN_PARALLEL_DIRECT_WRITES), so the next write arrives some tens of µs
 after the previous reply: sleeping in ``select`` right away frees the CPU for the
@@ -17,8 +17,9 @@ docs/BENCHMARKS.md.
 
 Rules that keep this correct:
 
-- never read while another worker is parked in ``wait_readable``: that worker would
-  wake to an empty device and block the whole process in ``read``;
+- one reader at a time: a worker must never read while another is parked in
+  ``wait_readable`` (that worker would wake to an empty device and block the whole
+  process in ``read``);
 - yield to the scheduler at least every ``YIELD_INTERVAL`` seconds, so heartbeats,
   renewals and the control socket keep running under a saturating load; ``LINGER``
   bounds how long one wait can hold the loop.
@@ -35,14 +36,18 @@ import os
 import select
 import stat
 import time
+from typing import Callable
 
 import pyfuse3
 import trio
+
+from fencevol.polling import poll
 
 log = logging.getLogger("fuse_fs")
 
 SUPPORTED_VERSIONS = ("3.5.0",)
 LINGER = 0.0002
+SPIN = 0.00005
 YIELD_INTERVAL = 0.002
 FD_SETSIZE = 1024            # select(2) takes descriptors below this only
 _FUSE_DEVICE = os.makedev(10, 229)
@@ -63,50 +68,85 @@ def find_fuse_fd() -> int | None:
 
 class FastWait:
     """Stands in for ``pyfuse3._wait_fuse_readable``: True when a request can be read
-    now, False when the loop should end."""
+    now, False when the loop should end.
 
-    def __init__(self, fd: int):
+    One task at a time is the reader (``reading``); the others wait in a parking lot
+    and the reader hands over when it returns. The reader lingers in ``select`` and
+    parks in trio's ``wait_readable`` only after ``LINGER`` without a request.
+    pyfuse3 keeps more worker tasks than requests in flight (its idle-reader count
+    is not visible to this replacement), so handing the reader role to one waiter at
+    a time keeps every reader on the fast path instead of queueing them all to park.
+
+    ``wakeup`` is ``(fd, callback, pending)``: a descriptor that becomes readable
+    when work finished elsewhere (the client's direct I/O), the callback that hands
+    that work back to its tasks, and a function counting the tasks handed work that
+    have not run yet. The descriptor is watched in the same ``select``, so a
+    completion is delivered at once; the reader never lingers while such a task
+    waits to run (its reply may be what the next request waits for)."""
+
+    def __init__(self, fd: int, wakeup: tuple[int, Callable[[], None], Callable[[], int]] | None = None):
         self.fd = fd
-        self.rlist = [fd]
-        self.lock = trio.Lock()
-        self.parked = False
+        self.wake_fd, self.on_wake, self.pending = (
+            wakeup if wakeup is not None else (-1, None, lambda: 0))
+        self.rlist = [fd] if wakeup is None else [fd, self.wake_fd]
+        self.lot = trio.lowlevel.ParkingLot()
+        self.reading = False
         self.closing = False
         self.last_yield = time.monotonic()
         self.fast = 0        # requests taken without a scheduler round
         self.parks = 0
+        self.wakeups = 0     # completions delivered from the select
 
     async def __call__(self) -> bool:
+        while self.reading:
+            await self.lot.park()
         if self.closing:
             return False
-        if not self.parked and select.select(self.rlist, (), (), LINGER)[0]:
+        self.reading = True
+        try:
+            return await self._read_turn()
+        finally:
+            self.reading = False
+            self.lot.unpark()
+
+    async def _read_turn(self) -> bool:
+        while True:
+            if self.closing:
+                return False
+            if self.pending():
+                # Requests whose I/O completed have not replied yet: the next
+                # request may depend on their reply, so let them run first.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                self.last_yield = time.monotonic()
+                continue
+            ready = poll(self.rlist, SPIN, LINGER)
+            if not ready:
+                break
+            if ready[-1] == self.wake_fd:
+                self.wakeups += 1
+                self.on_wake()
+                continue
             now = time.monotonic()
             if now - self.last_yield < YIELD_INTERVAL:
                 self.fast += 1
                 return True
             self.last_yield = now
             await trio.lowlevel.cancel_shielded_checkpoint()
-            # Other tasks ran: one of them may have parked or taken the request.
+        self.parks += 1
         try:
-            async with self.lock:
-                if self.closing:
-                    return False
-                self.parks += 1
-                self.parked = True
-                try:
-                    await trio.lowlevel.wait_readable(self.fd)
-                finally:
-                    self.parked = False
+            await trio.lowlevel.wait_readable(self.fd)
         except trio.ClosedResourceError:
             return False
         self.last_yield = time.monotonic()
-        return True
+        return not self.closing
 
 
 _installed: FastWait | None = None
 
 
-def install() -> FastWait | None:
-    """Swap in the fast wait (after ``pyfuse3.init``); None when it does not apply."""
+def install(wakeup: tuple[int, Callable[[], None], Callable[[], int]] | None = None) -> FastWait | None:
+    """Swap in the fast wait (after ``pyfuse3.init``); None when it does not apply.
+    ``wakeup``: see ``FastWait``."""
     global _installed
     if os.environ.get("FENCEVOL_STOCK_FUSE_LOOP") == "1":
         log.info("FUSE requests: pyfuse3's stock loop (FENCEVOL_STOCK_FUSE_LOOP=1)")
@@ -116,10 +156,10 @@ def install() -> FastWait | None:
         log.info("FUSE requests: pyfuse3's stock loop (pyfuse3 %s not tested here)", version)
         return None
     fd = find_fuse_fd()
-    if fd is None or fd >= FD_SETSIZE:
+    if fd is None or fd >= FD_SETSIZE or (wakeup is not None and wakeup[0] >= FD_SETSIZE):
         log.warning("FUSE requests: pyfuse3's stock loop (no usable FUSE device descriptor)")
         return None
-    _installed = FastWait(fd)
+    _installed = FastWait(fd, wakeup)
     pyfuse3._wait_fuse_readable = _installed
     log.info("FUSE requests: fast wait (linger %.0f µs)", LINGER * 1e6)
     return _installed
@@ -129,10 +169,13 @@ def stats() -> dict:
     """For ``vclient status``: which loop serves requests, and how."""
     if _installed is None:
         return {"loop": "stock"}
-    return {"loop": "fast", "fast_requests": _installed.fast, "parks": _installed.parks}
+    return {"loop": "fast", "fast_requests": _installed.fast, "parks": _installed.parks,
+            "completion_wakeups": _installed.wakeups}
 
 
 def closing() -> None:
-    """Tell waiters that the session ends (call before ``pyfuse3.terminate``)."""
+    """Tell waiters that the session ends (call from the trio thread, before
+    ``pyfuse3.terminate``)."""
     if _installed is not None:
         _installed.closing = True
+        _installed.lot.unpark_all()

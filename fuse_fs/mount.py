@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import subprocess
+from typing import Callable
 
 import pyfuse3
 
@@ -74,10 +75,12 @@ def unmount(path: str) -> None:
 class Mount:
     """One FUSE mount per process (pyfuse3 keeps module-level state)."""
 
-    def __init__(self, fs: VolumeFS, path: str, max_tasks: int = 99):
+    def __init__(self, fs: VolumeFS, path: str, max_tasks: int = 99,
+                 wakeup: tuple[int, Callable[[], None], Callable[[], int]] | None = None):
         self.fs = fs
         self.path = path          # already resolved: never stat our own mount point
         self.max_tasks = max_tasks
+        self.wakeup = wakeup      # I/O completions, see fastwait.FastWait
         self.mounted = False
 
     def mount(self) -> None:
@@ -90,8 +93,12 @@ class Mount:
 
     async def serve(self) -> None:
         """Run the FUSE loop until ``terminate`` or an unmount."""
-        fastwait.install()
+        fastwait.install(self.wakeup)
         await pyfuse3.main(min_tasks=2, max_tasks=self.max_tasks)
+
+    def device_fd(self) -> int | None:
+        """The ``/dev/fuse`` descriptor of this mount (after ``mount``)."""
+        return fastwait.find_fuse_fd()
 
     def stats(self) -> dict:
         """How FUSE requests are being served (see ``fastwait``)."""

@@ -41,10 +41,28 @@ def clients(server, tmp_path):
             c.stop()
 
 
+@pytest.fixture
+def loop_devices():
+    """Factory for loop devices over an image; all are detached at the end."""
+    from harness import attach_loop, detach_loop
+    made = []
+
+    def attach(image, direct_io=False):
+        dev = attach_loop(image, direct_io)
+        made.append(dev)
+        return dev
+
+    try:
+        yield attach
+    finally:
+        for dev in made:
+            detach_loop(dev)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind(tmp_path_factory):
-    """After the session: no fencevol mount, nftables table or daemon of this session
-    (under its base temp directory) may remain. Leftovers are cleaned up and reported
+    """After the session: no fencevol mount, nftables table, loop device or daemon of
+    this session (under its base temp directory) may remain. Leftovers are cleaned up and reported
     as an error, so leaks cannot hide; a demo running beside the tests is left alone."""
     base = str(tmp_path_factory.getbasetemp())
     yield
@@ -63,6 +81,10 @@ def nothing_left_behind(tmp_path_factory):
         if f"fencevol_{os.getpid()}_" in line:      # harness.Cluster names tables by pid
             leaks.append(line.strip())
             subprocess.run(["nft", "delete"] + line.split()[1:], capture_output=True)
+    from harness import detach_loop, loops_over
+    for dev in loops_over(base):
+        leaks.append(f"loop device {dev}")
+        detach_loop(dev)
     procs = subprocess.run(["pgrep", "-f", "-a", "vclient run|vserver serve|tools/writer.py"],
                            capture_output=True, text=True).stdout.splitlines()
     procs = [p for p in procs if base in p]

@@ -1,5 +1,6 @@
-"""Backing disks as a client sees them: one descriptor per disk, opened once and
-shared by every attached volume, or "remote" when the client has no usable path."""
+"""Backing disks as a client sees them: one direct-I/O descriptor per disk, opened
+once and shared by every attached volume, or "remote" when the client has no usable
+path (none given, cannot be opened, no direct I/O there, or it holds another disk)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from fencevol import ondisk
+from fencevol import directio, ondisk
+from fencevol.errors import FencevolError
 from fencevol.extents import DiskRef
 
 log = logging.getLogger("vclient.disks")
@@ -21,6 +23,7 @@ class DiskAccess:
     name: str
     path: str
     fd: int = REMOTE
+    block: int = 512          # logical block size for direct I/O
     reason: str = ""          # why it is remote
     failed: str = ""          # first I/O error seen (logged once)
 
@@ -30,8 +33,8 @@ class DiskAccess:
 
     def describe(self) -> dict:
         return {"id": self.id, "name": self.name, "path": self.path,
-                "access": "local" if self.local else "remote", "reason": self.reason,
-                "error": self.failed}
+                "access": "local" if self.local else "remote", "block_size": self.block,
+                "reason": self.reason, "error": self.failed}
 
 
 class BackingDisks:
@@ -58,16 +61,23 @@ class BackingDisks:
             acc.reason = "server gave no path"
         else:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                fd = directio.open_direct(path)
             except OSError as exc:
                 acc.reason = f"cannot open {path}: {exc.strerror}"
+            except FencevolError as exc:
+                acc.reason = str(exc)
             else:
                 found = self._label_id(fd)
+                try:
+                    acc.block = directio.block_size(fd)
+                except (OSError, FencevolError) as exc:
+                    found, acc.reason = None, f"{path}: no usable direct I/O ({exc})"
                 if found == ref.id:
                     acc.fd = fd
                 else:
                     os.close(fd)
-                    acc.reason = f"{path} holds disk {found or 'without a valid label'}, not {ref.id}"
+                    if found is not None:
+                        acc.reason = f"{path} holds disk {found or 'without a valid label'}, not {ref.id}"
         if acc.local:
             log.info("disk %s: local at %s", ref.name, path)
         else:

@@ -4,8 +4,9 @@ map is being changed, every read).
 States:
 
 * ``open``   -- writes pass while the lease is valid: strictly before
-                ``deadline`` on the client's monotonic clock (the server's lease
-                minus the guard interval, counted from when the request was sent);
+                ``deadline`` on the client's clock (``CLOCK_BOOTTIME``: the server's
+                lease minus the guard interval, counted from when the request was
+                sent);
 * ``paused`` -- for one or more reasons: ``reconfigure`` (the delegation was
                 revoked while the map changes: reads and writes wait for the new
                 map) or ``membership`` (the cluster is resolving a partition:
@@ -17,32 +18,48 @@ An ``open`` gate whose deadline has passed (server unreachable, node stopped) is
 reported as paused for ``lease``: writes wait for a renewal, up to
 ``pause_timeout``, then fail; reads still work.
 
-The hot path is ``writable()`` -- an attribute check and a clock read."""
+The hot path is ``admit_nowait()`` -- a counter published to the node's watchdog,
+an attribute check and a clock read. The count of admitted writes goes out *before*
+the clock is read: a process that freezes anywhere after that point is seen by the
+watchdog as holding a write, and is killed if the write is still pending when the
+lease it was admitted under ends (``vclient/watchdog.py``). That lease end is
+published on every renewal, before the deadline it allows is raised."""
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import trio
 
+from fencevol import clock as fvclock
 from fencevol.errors import Fenced, IOFailure
 
 OPEN, PAUSED, FENCED, CLOSED = "open", "paused", "fenced", "closed"
 
 
-class FenceGate:
-    __slots__ = ("state", "reason", "deadline", "pause_timeout", "clock", "inflight",
-                 "writes_rejected", "reads_rejected", "pauses", "renewals", "fences",
-                 "_changed", "_drained", "_lease_lapsed", "_paused")
+INFLIGHT, LEASE_END = 0, 1       # the two words of a watchdog slot
 
-    def __init__(self, pause_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic):
+
+def local_slot() -> memoryview:
+    """A slot nobody watches (tests, and gates made before a watchdog exists)."""
+    return memoryview(bytearray(16)).cast("q")
+
+
+class FenceGate:
+    __slots__ = ("state", "reason", "deadline", "lease_end", "pause_timeout", "clock",
+                 "inflight", "slot", "writes_rejected", "reads_rejected", "pauses",
+                 "renewals", "fences", "_changed", "_drained", "_lease_lapsed", "_paused")
+
+    def __init__(self, pause_timeout: float = 30.0, clock: Callable[[], float] = fvclock.now,
+                 slot: memoryview | None = None):
         self.state = OPEN
         self.reason = ""
         self.deadline = 0.0
+        self.lease_end = 0.0
         self.pause_timeout = pause_timeout
         self.clock = clock
         self.inflight = 0
+        self.slot = local_slot() if slot is None else slot
         self.writes_rejected = 0
         self.reads_rejected = 0
         self.pauses = 0
@@ -60,11 +77,24 @@ class FenceGate:
     def readable(self) -> bool:
         return self.state is not CLOSED and "reconfigure" not in self._paused
 
-    def enter(self) -> None:
+    def admit_nowait(self) -> bool:
+        """Admit a write if the gate allows it now (then ``leave`` when every plex
+        has it). The write is counted, and the count published, before the check."""
         self.inflight += 1
+        self.slot[INFLIGHT] = self.inflight
+        if self.state is OPEN and self.clock() < self.deadline:
+            return True
+        self.leave()
+        return False
+
+    async def admit(self) -> None:
+        """Wait until a write is admitted (see ``wait_writable`` for how long)."""
+        while not self.admit_nowait():
+            await self.wait_writable()
 
     def leave(self) -> None:
         self.inflight -= 1
+        self.slot[INFLIGHT] = self.inflight
         if self.inflight == 0 and self._drained is not None:
             self._drained.set()
 
@@ -130,10 +160,16 @@ class FenceGate:
                 self.state, self.reason = OPEN, ""
         self._notify()
 
-    def renewed(self, deadline: float) -> None:
+    def renewed(self, deadline: float, lease_end: float | None = None) -> None:
         """The server renewed, granted or reinstated the delegation (which ends a
-        ``reconfigure`` pause: the server renews only once the new map is in place)."""
+        ``reconfigure`` pause: the server renews only once the new map is in place).
+        Writes may start before ``deadline``; each must be done by ``lease_end`` (by
+        default the deadline itself), which the watchdog enforces."""
         self.renewals += 1
+        end = deadline if lease_end is None else lease_end
+        if end > self.lease_end:
+            self.lease_end = end
+            self.slot[LEASE_END] = int(end * 1e9)
         if deadline > self.deadline:
             self.deadline = deadline
         self._paused.discard("reconfigure")
@@ -181,7 +217,8 @@ class FenceGate:
                 "lease_remaining": round(max(0.0, self.deadline - now), 3),
                 "writes_rejected": self.writes_rejected, "reads_rejected": self.reads_rejected,
                 "pauses": self.pauses, "renewals": self.renewals, "fences": self.fences,
-                "inflight_writes": self.inflight}
+                "inflight_writes": self.inflight,
+                "lease_end_in": round(self.lease_end - now, 3) if self.lease_end else None}
 
 
 UNSAFE_SWITCH = "FENCEVOL_UNSAFE_DISABLE_GATE"
@@ -191,4 +228,9 @@ UNSAFE_VALUE = "yes-break-fencing-for-checker-self-test"
 def disable_for_checker_self_test() -> None:
     """Make every gate let writes through, fenced or not. Exists only so that
     tools/check can prove it catches a broken fence; never use it otherwise."""
+    def admit_anything(self) -> bool:
+        self.inflight += 1
+        self.slot[INFLIGHT] = self.inflight
+        return True
     FenceGate.writable = lambda self: self.state is not CLOSED
+    FenceGate.admit_nowait = admit_anything

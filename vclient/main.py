@@ -10,6 +10,7 @@ import os
 import trio
 
 from fencevol.cli import print_json, print_table, run_main, setup_logging
+from fencevol.clock import BOOTTIME
 from fencevol.errors import InvalidArgument
 from fencevol.modes import parse_mode
 from fencevol.rpc import parse_address
@@ -86,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach DISK (id or name) only through the server's remote I/O")
     r.add_argument("--max-tasks", type=int, default=99, help="FUSE requests in flight (default 99)")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    w = r.add_argument_group("watchdog self-fencing (docs/FENCING.md)")
+    w.add_argument("--watchdog", choices=["on", "off"], default="on",
+                   help="kill this agent before the server can declare it fenced when it stops "
+                        "making progress or a write outlives its lease (default on; off is "
+                        "unsafe on shared disks)")
+    w.add_argument("--watchdog-slack", type=float, default=0.5, metavar="S",
+                   help="time left for the kill before the server's fence wait ends (default 0.5)")
+    w.add_argument("--hw-watchdog", metavar="DEVICE", default="",
+                   help="also keep this watchdog device (e.g. /dev/watchdog) alive: a whole-host "
+                        "hang then resets the host")
     c = r.add_argument_group("cluster membership and fencing (docs/FENCING.md)")
     c.add_argument("--cluster-id", metavar="ID", help="run as a member of this cluster")
     c.add_argument("--coordinator", metavar="DG/NAME", help="the cluster's coordinator volume")
@@ -142,11 +153,18 @@ def cmd_run(args) -> int:
         if os.environ[UNSAFE_SWITCH] != UNSAFE_VALUE:
             raise InvalidArgument(f"{UNSAFE_SWITCH} is set to an unknown value; unset it")
         disable_for_checker_self_test()
+        args.watchdog = "off"
         logging.getLogger("vclient").critical(
-            "FENCE GATE DISABLED (%s): this node ignores fencing; for tools/check's self-test only",
-            UNSAFE_SWITCH)
+            "FENCE GATE AND WATCHDOG DISABLED (%s): this node ignores fencing; for tools/check's "
+            "self-test only", UNSAFE_SWITCH)
     if not 1 <= args.node_id <= 65535:
         raise InvalidArgument("--node-id must be between 1 and 65535")
+    if args.watchdog == "off":
+        logging.getLogger("vclient").warning(
+            "watchdog off: a write admitted just before this agent stalls could land after "
+            "the survivors took over (unsafe on shared disks)")
+    elif args.hw_watchdog and not os.path.exists(args.hw_watchdog):
+        raise InvalidArgument(f"--hw-watchdog {args.hw_watchdog}: no such device")
     cluster = None
     if args.cluster_id or args.coordinator or args.peer or args.heartbeat:
         if not (args.cluster_id and args.coordinator and args.heartbeat):
@@ -165,8 +183,10 @@ def cmd_run(args) -> int:
         node_id=args.node_id, server=parse_address(args.server, 7745), key_file=args.key_file,
         mount=os.path.abspath(args.mount), attach=args.attach, pause_timeout=args.pause_timeout,
         control_path=args.control or "", disk_paths=dict(args.disk_path),
-        remote_disks=set(args.remote_disk), max_tasks=args.max_tasks, cluster=cluster)
-    trio.run(Node(opts).run)
+        remote_disks=set(args.remote_disk), max_tasks=args.max_tasks,
+        watchdog=args.watchdog == "on", watchdog_slack=args.watchdog_slack,
+        hw_watchdog=args.hw_watchdog, cluster=cluster)
+    trio.run(Node(opts).run, clock=BOOTTIME)
     return 0
 
 

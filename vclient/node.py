@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import trio
 
 from fencevol import auth, coord
+from fencevol import clock as fvclock
 from fencevol.errors import (
     AlreadyExists,
     FencevolError,
@@ -24,8 +25,10 @@ from fencevol.modes import parse_mode
 
 from . import control
 from .cluster import EJECTED, MEMBER, ClusterOptions, FenceDriver
+from .dio import DirectIO
 from .disks import BackingDisks
-from .gate import CLOSED, FENCED, PAUSED
+from .gate import CLOSED, FENCED, PAUSED, FenceGate
+from .watchdog import Watchdog
 from .link import ServerLink
 from .volume import AttachedVolume
 
@@ -46,6 +49,9 @@ class NodeOptions:
     disk_paths: dict[str, str] = field(default_factory=dict)
     remote_disks: set[str] = field(default_factory=set)
     max_tasks: int = 99
+    watchdog: bool = True
+    watchdog_slack: float = 0.5
+    hw_watchdog: str = ""
     cluster: ClusterOptions | None = None
 
     def __post_init__(self):
@@ -62,6 +68,10 @@ class Node:
         self.cluster_key = auth.load_key_file(opts.key_file)
         self.volumes: dict[str, AttachedVolume] = {}
         self.backing = BackingDisks(opts.disk_paths, opts.remote_disks)
+        self.dio = DirectIO()
+        self.watchdog = Watchdog(opts.node_id, opts.watchdog_slack, opts.hw_watchdog,
+                                 on_down=lambda why: self.pause_all("watchdog"),
+                                 on_up=lambda: self.resume_all("watchdog")) if opts.watchdog else None
         self.link = ServerLink(opts.server, self.cluster_key, opts.node_id, self._on_push,
                                self._on_connect)
         self.mount = None
@@ -89,9 +99,12 @@ class Node:
         return self.link.server_info.get("lease") or {"duration": 4.0, "guard": 0.5,
                                                       "renew_interval": 0.875}
 
-    def _deadline(self, sent_at: float) -> float:
+    def _lease_window(self, sent_at: float) -> tuple[float, float]:
+        """(write deadline, lease end) on this node's clock for a lease requested at
+        ``sent_at``: writes start before the deadline and finish by the end."""
         lease = self.lease
-        return sent_at + lease["duration"] - lease["guard"]
+        end = sent_at + lease["duration"]
+        return end - lease["guard"], end
 
     # -- life cycle ---------------------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -103,15 +116,28 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_signals)
+                nursery.start_soon(self.dio.pump)
+                if self.watchdog is not None:
+                    await self.watchdog.start()
+                    nursery.start_soon(self.watchdog.run)
                 await nursery.start(self.link.run)
+                if self.watchdog is not None:
+                    budget = self.watchdog.arm(self.lease)
+                    log.info("watchdog armed: kills this agent after %.2fs without progress, "
+                             "or when a write outlives its lease", budget)
                 if self.cluster is not None:
                     await self.cluster.start(nursery)
                     if self.cluster.opts.auto_join:
                         await self.cluster.join()
                 for name, mode in self.opts.attach:
                     await self.attach(name, mode)
-                self.mount = Mount(VolumeFS(self), self.opts.mount, self.opts.max_tasks)
+                self.mount = Mount(VolumeFS(self), self.opts.mount, self.opts.max_tasks,
+                                   wakeup=(self.dio.efd, self.dio.complete,
+                                           self.dio.pending))
                 self.mount.mount()
+                fuse_fd = self.mount.device_fd()
+                if fuse_fd is not None:
+                    self.dio.linger_with(fuse_fd)
                 nursery.start_soon(self._serve_fuse)
                 nursery.start_soon(self._renew_loop)
                 nursery.start_soon(control.serve, control_listener, self)
@@ -127,7 +153,10 @@ class Node:
                 self.mount.close()
             await control_listener.aclose()
             control.remove(self.opts.control_path)
+            self.dio.close()
             self.backing.close()
+            if self.watchdog is not None:
+                self.watchdog.close()
 
     async def _serve_fuse(self) -> None:
         try:
@@ -168,20 +197,34 @@ class Node:
                 raise InvalidArgument(f"node {self.opts.node_id} is not a member of cluster "
                                       f"{self.cluster.opts.cluster_id} (state "
                                       f"{self.cluster.state}); run `vclient join` first")
-            vol = AttachedVolume(name, mode, self.link, self.backing, self.opts.pause_timeout)
-            await self._grant(vol)
+            slot_index, slot = self.watchdog.slot() if self.watchdog else (-1, None)
+            vol = AttachedVolume(name, mode, self.link, self.backing, self.dio,
+                                 FenceGate(self.opts.pause_timeout, slot=slot))
+            vol.watchdog_slot = slot_index
+            if self.watchdog is not None and self.watchdog.down_reason:
+                vol.gate.pause("watchdog")
+            try:
+                await self._grant(vol)
+            except BaseException:
+                self._release_slot(vol)
+                raise
             self.volumes[name] = vol
         log.info("attached %s (%s), delegation %s, %d bytes", name, mode, vol.delegation, vol.size)
         await self._fs_changed(name)
         return vol
 
     async def _grant(self, vol: AttachedVolume) -> None:
-        sent = time.monotonic()
+        sent = fvclock.now()
         result, _ = await self.link.call("attach", {"volume": vol.name, "mode": vol.mode,
                                                     "key": self.key})
         vol.delegation = result["delegation"]["id"]
         vol.install(result["map"], result.get("volume"))
-        vol.gate.renewed(self._deadline(sent))
+        vol.gate.renewed(*self._lease_window(sent))
+
+    def _release_slot(self, vol: AttachedVolume) -> None:
+        if self.watchdog is not None and vol.watchdog_slot >= 0:
+            self.watchdog.release(vol.watchdog_slot)
+            vol.watchdog_slot = -1
 
     async def detach(self, name: str) -> None:
         vol = self.volumes.pop(name, None)
@@ -189,6 +232,7 @@ class Node:
             raise NotFound(f"{name} is not attached on this node")
         vol.gate.close()
         await vol.gate.drain()
+        self._release_slot(vol)
         try:
             await vol.fsync()
         except FencevolError as exc:
@@ -216,18 +260,18 @@ class Node:
                 if v.delegation and v.gate.state not in (FENCED, CLOSED)]
         if not vols:
             return
-        sent = time.monotonic()
+        sent = fvclock.now()
         try:
             result, _ = await self.link.call("renew", {"delegations": [v.delegation for v in vols]},
                                              timeout=self.lease["renew_interval"])
         except Unavailable as exc:
             log.debug("renewal failed: %s", exc)
             return
-        deadline = self._deadline(sent)
+        window = self._lease_window(sent)
         for v in vols:
             r = result["results"].get(v.delegation, {})
             if r.get("ok"):
-                v.gate.renewed(deadline)
+                v.gate.renewed(*window)
             elif r.get("state") == "fenced":
                 self._fenced(f"registration on {v.name} was preempted")
             elif r.get("state") in ("revoking", "revoked") and v.gate.state is PAUSED:
@@ -263,7 +307,17 @@ class Node:
             self._reattaching.discard(vol.name)
 
     async def _on_connect(self) -> None:
-        """After (re)connecting: reclaim every delegation (server restart grace)."""
+        """After (re)connecting: check the lease terms against the watchdog (the
+        server may have restarted with others), then reclaim every delegation
+        (server restart grace)."""
+        if self.watchdog is not None and self.watchdog.budget:
+            try:
+                self.watchdog.arm(self.lease)
+                self.resume_all("watchdog-terms")
+            except InvalidArgument as exc:
+                log.critical("the server's lease terms leave the watchdog no time (%s); "
+                             "writes are paused", exc)
+                self.pause_all("watchdog-terms")
         if self.volumes:
             log.info("reclaiming %d delegation(s)", len(self.volumes))
             await self.renew_all()
@@ -368,6 +422,8 @@ class Node:
             "volumes": [v.describe() for v in sorted(self.volumes.values(), key=lambda v: v.name)],
             "key": coord.format_key(self.key),
             "fuse": self.mount.stats() if self.mount is not None else None,
+            "io": self.dio.describe(),
+            "watchdog": self.watchdog.describe() if self.watchdog else {"enabled": False},
         }
         if self.cluster is not None:
             st["cluster"] = self.cluster.describe()

@@ -1,9 +1,17 @@
 """An attached volume: delegation, extent map, gate, and the data path.
 
-Reads and writes are split along the extent map and served with ``os.pread`` /
-``os.pwrite`` on descriptors opened once per disk, inline on the event loop (no
-thread hop per request). Segments on disks the client cannot reach go through
-the server's remote I/O for just that plex."""
+Every request is widened to the volume's block size (the largest logical block size
+of its local disks), split along the extent map and served with direct I/O on
+descriptors opened once per disk (``vclient/disks.py``), all segments of a request
+(every column, every plex of a mirror) submitted at once through native AIO
+(``vclient/dio.py``). Reads return the requested slice of the aligned buffer. A write
+that does not start and end on a block boundary reads its edge blocks first
+(read-modify-write); it runs alone on the volume (writes that share a block never
+interleave within this node). Segments on disks the client cannot reach go through
+the server's remote I/O for just that plex.
+
+Writes pass the fence gate (``vclient/gate.py``) and stay counted in it until every
+plex has them; the gate publishes that count to the node's watchdog."""
 
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from fencevol.errors import FencevolError, IOFailure, NoSpace, Unavailable
 from fencevol.extents import ExtentMap
 from fencevol.modes import MODE_NAMES, can_write
 
+from .dio import IOCB_CMD_PREAD, IOCB_CMD_PWRITE, DirectIO, DiskIOError
 from .disks import BackingDisks, DiskAccess
 from .gate import PAUSED, FenceGate
 
@@ -25,29 +34,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vclient.volume")
 
+DEFAULT_BLOCK = 512
+
 
 class AttachedVolume:
     def __init__(self, name: str, mode: str, link: "ServerLink", disks: BackingDisks,
-                 pause_timeout: float):
+                 dio: DirectIO, gate: FenceGate):
         self.name = name
         self.mode = mode
         self.link = link
         self.backing = disks
+        self.dio = dio
         self.delegation = ""
-        self.gate = FenceGate(pause_timeout)
+        self.gate = gate
+        self.watchdog_slot = -1
         self.size = 0
         self.layout = ""
+        self.block = DEFAULT_BLOCK
         self.map: ExtentMap | None = None
         self.access: list[DiskAccess] = []
         self.fds: list[int] = []
         self.plexes: list = []
-        self.read_plex = None
         self.read_plex_index = 0
         self.dirty: set[int] = set()
         self.remote_dirty = False
         self.bytes_read = 0
         self.read_failovers = 0
         self.bytes_written = 0
+        self.partial_writes = 0
+        self._writes = 0                          # block-aligned writes in flight
+        self._idle: trio.Event | None = None      # set when _writes drops to 0
+        self._exclusive: trio.Event | None = None  # a partial-block write is running
+        self._partial_lock = trio.Lock()
 
     @property
     def writable_mode(self) -> bool:
@@ -65,12 +83,20 @@ class AttachedVolume:
         best = min(range(len(emap.plexes)), key=lambda i: remote_count(emap.plexes[i]))
         self.map, self.access, self.fds = emap, access, fds
         self.plexes = emap.plexes
-        self.read_plex, self.read_plex_index = emap.plexes[best], best
+        self.read_plex_index = best
+        self.block = max([a.block for a in access if a.local] or [DEFAULT_BLOCK])
         self.size = emap.size
         if volume_info:
             self.layout = volume_info.get("layout", self.layout)
 
-    # -- data path --------------------------------------------------------------------------
+    def _span(self, off: int, n: int) -> tuple[int, int]:
+        mask = self.block - 1
+        start, end = off & ~mask, (off + n + mask) & ~mask
+        if end - start > self.dio.buffer_size:
+            raise IOFailure(f"request of {n} bytes is larger than the client's I/O buffers")
+        return start, end
+
+    # -- reads ----------------------------------------------------------------------------
     async def read(self, off: int, size: int):
         if off >= self.size or size <= 0:
             return b""
@@ -78,115 +104,177 @@ class AttachedVolume:
             size = self.size - off
         if self.gate.state is PAUSED and not self.gate.readable():
             await self.gate.wait_readable()
-        segs = self.read_plex.segments(off, size)
-        if len(segs) == 1:
-            d, doff, _, n = segs[0]
-            fd = self.fds[d]
-            if fd >= 0:
-                try:
-                    data = os.pread(fd, n, doff)
-                except OSError as exc:
-                    return await self._read_elsewhere(off, size, self._io_error(d, exc))
-                if len(data) != n:
-                    return await self._read_elsewhere(off, size, self._io_error(
-                        d, IOFailure(f"short read at disk offset {doff}")))
-                self.bytes_read += n
-                return data
+        start, end = self._span(off, size)
+        buf = self.dio.take()
         try:
-            return await self._read_segments(self.read_plex_index, segs, off, size)
-        except (IOFailure, Unavailable) as exc:
-            return await self._read_elsewhere(off, size, exc)
+            await self._read_range(start, end - start, buf, 0)
+        except BaseException:
+            self.dio.give(buf)
+            raise
+        # Handing the buffer back before the caller replies is safe: pyfuse3 copies
+        # the returned view into its reply without an await in between, and buffers
+        # are only handed out on this thread.
+        self.dio.give(buf)
+        self.bytes_read += size
+        return buf.view[off - start:off - start + size]
 
-    async def _read_elsewhere(self, off: int, size: int, error: FencevolError):
-        """The read plex failed: read the range from another plex of a mirror, and
-        read from that plex from now on (until the map is set again). Re-raises
-        ``error`` when there is no other plex or every plex fails."""
+    async def _read_range(self, start: int, length: int, buf, at: int) -> None:
+        """Put the volume's bytes ``[start, start + length)`` (block aligned) at
+        ``buf.view[at:]``, from the read plex; if that fails, from another plex of a
+        mirror, which then becomes the read plex (until the map is set again)."""
+        try:
+            await self._read_plex(self.read_plex_index, start, length, buf, at)
+            return
+        except (IOFailure, Unavailable) as exc:
+            error = exc
         for p in range(len(self.plexes)):
             if p == self.read_plex_index:
                 continue
             try:
-                data = await self._read_segments(p, self.plexes[p].segments(off, size), off, size)
+                await self._read_plex(p, start, length, buf, at)
             except (IOFailure, Unavailable) as exc:
                 log.warning("%s: plex %d cannot serve the read either: %s", self.name, p, exc)
                 continue
             log.warning("%s: plex %d failed (%s); reading from plex %d", self.name,
                         self.read_plex_index, error, p)
             self.read_failovers += 1
-            self.read_plex, self.read_plex_index = self.plexes[p], p
-            return data
+            self.read_plex_index = p
+            return
         raise error
 
-    async def _read_segments(self, plex: int, segs, off: int, size: int) -> bytearray:
-        buf = bytearray(size)
-        view = memoryview(buf)
+    async def _read_plex(self, plex: int, start: int, length: int, buf, at: int) -> None:
         fds = self.fds
-        for d, doff, boff, n in segs:
+        base = buf.address + at
+        plan = []
+        remote = None
+        for d, doff, boff, n in self.plexes[plex].segments(start, length):
             fd = fds[d]
             if fd >= 0:
-                try:
-                    got = os.preadv(fd, [view[boff:boff + n]], doff)
-                except OSError as exc:
-                    raise self._io_error(d, exc) from None
-                if got != n:
-                    raise self._io_error(d, IOFailure(f"short read at disk offset {doff}"))
+                plan.append((fd, doff, base + boff, n, d))
             else:
+                if remote is None:
+                    remote = []
+                remote.append((boff, n))
+        if plan:
+            try:
+                await self.dio.submit(IOCB_CMD_PREAD, plan)
+            except DiskIOError as exc:
+                raise self._io_error(exc.disk, exc.error) from None
+        if remote:
+            view = buf.view
+            for boff, n in remote:
                 _, data = await self.link.call("read", {
-                    "delegation": self.delegation, "offset": off + boff, "length": n,
+                    "delegation": self.delegation, "offset": start + boff, "length": n,
                     "plex": plex})
                 if len(data) != n:
                     raise IOFailure(f"remote read returned {len(data)} of {n} bytes")
-                view[boff:boff + n] = data
-        self.bytes_read += size
-        return buf
+                view[at + boff:at + boff + n] = data
 
-    async def write(self, off: int, buf) -> int:
+    # -- writes ---------------------------------------------------------------------------
+    async def write(self, off: int, data) -> int:
         size = self.size
-        n = len(buf)
+        n = len(data)
         if off >= size:
             raise NoSpace(f"write at {off} is past the end of {self.name} ({size} bytes)")
         if off + n > size:
-            buf = memoryview(buf)[:size - off]
+            data = memoryview(data)[:size - off]
             n = size - off
+        if (off | n) & (self.block - 1):
+            return await self._write_partial(off, data)
+        while self._exclusive is not None:
+            await self._exclusive.wait()
         gate = self.gate
-        if not gate.writable():
-            await gate.wait_writable()
-        gate.enter()
+        if not gate.admit_nowait():
+            await gate.admit()
+        self._writes += 1
+        buf = self.dio.take()
         try:
-            remote = None
-            fds = self.fds
-            for p, plex in enumerate(self.plexes):
-                for d, doff, boff, ln in plex.segments(off, n):
-                    fd = fds[d]
-                    if fd < 0:
-                        if remote is None:
-                            remote = []
-                        remote.append((p, boff, ln))
-                        continue
-                    try:
-                        written = os.pwrite(fd, buf if ln == n else memoryview(buf)[boff:boff + ln], doff)
-                    except OSError as exc:
-                        raise self._io_error(d, exc) from None
-                    if written != ln:
-                        raise self._io_error(d, IOFailure(f"short write at disk offset {doff}"))
-                    self.dirty.add(fd)
-            if remote:
-                view = memoryview(buf)
-                for p, boff, ln in remote:
-                    await self.link.call("write", {"delegation": self.delegation,
-                                                   "offset": off + boff, "plex": p},
-                                         bytes(view[boff:boff + ln]))
-                self.remote_dirty = True
+            buf.view[:n] = data
+            await self._write_range(off, n, buf)
         finally:
+            self.dio.give(buf)
             gate.leave()
+            self._writes -= 1
+            if not self._writes and self._idle is not None:
+                self._idle.set()
         self.bytes_written += n
         return n
 
+    async def _write_partial(self, off: int, data) -> int:
+        """A write that starts or ends inside a block: read the edge blocks, patch,
+        write whole blocks. Runs alone: block-aligned writes wait meanwhile, and it
+        waits for those in flight."""
+        n = len(data)
+        async with self._partial_lock:
+            done = self._exclusive = trio.Event()
+            try:
+                while self._writes:
+                    self._idle = trio.Event()
+                    await self._idle.wait()
+                self._idle = None
+                gate = self.gate
+                if not gate.admit_nowait():
+                    await gate.admit()
+                start, end = self._span(off, n)
+                bs = self.block
+                buf = self.dio.take()
+                try:
+                    head = off - start
+                    if head:
+                        await self._read_range(start, bs, buf, 0)
+                    if (off + n) % bs and (end - start > bs or not head):
+                        await self._read_range(end - bs, bs, buf, end - start - bs)
+                    buf.view[head:head + n] = data
+                    await self._write_range(start, end - start, buf)
+                finally:
+                    self.dio.give(buf)
+                    gate.leave()
+            finally:
+                self._exclusive = None
+                done.set()
+        self.partial_writes += 1
+        self.bytes_written += n
+        return n
+
+    async def _write_range(self, start: int, length: int, buf) -> None:
+        """Write ``buf.view[:length]`` at the aligned volume offset ``start`` to every
+        plex: the local segments of all plexes in one submission."""
+        fds = self.fds
+        base = buf.address
+        plan = []
+        remote = None
+        for p, plex in enumerate(self.plexes):
+            for d, doff, boff, ln in plex.segments(start, length):
+                fd = fds[d]
+                if fd < 0:
+                    if remote is None:
+                        remote = []
+                    remote.append((p, boff, ln))
+                else:
+                    plan.append((fd, doff, base + boff, ln, d))
+        if plan:
+            try:
+                await self.dio.submit(IOCB_CMD_PWRITE, plan)
+            except DiskIOError as exc:
+                raise self._io_error(exc.disk, exc.error) from None
+            dirty = self.dirty
+            for entry in plan:
+                dirty.add(entry[0])
+        if remote:
+            view = buf.view
+            for p, boff, ln in remote:
+                await self.link.call("write", {"delegation": self.delegation,
+                                               "offset": start + boff, "plex": p},
+                                     bytes(view[boff:boff + ln]))
+            self.remote_dirty = True
+
     async def fsync(self) -> None:
-        """fdatasync every backing disk written since the last sync (S6)."""
+        """fdatasync every backing disk written since the last sync (S6): direct
+        writes have reached the disk, but its write cache may still hold them."""
         dirty, self.dirty = self.dirty, set()
         try:
             for fd in dirty:
-                await trio.to_thread.run_sync(os.fdatasync, fd)
+                await self.dio.fdatasync(fd)
         except OSError as exc:
             self.dirty |= dirty
             raise IOFailure(f"fdatasync failed on a backing disk of {self.name}: {exc.strerror}") from None
@@ -206,7 +294,7 @@ class AttachedVolume:
     def describe(self) -> dict:
         return {"name": self.name, "mode": self.mode, "mode_name": MODE_NAMES[self.mode],
                 "delegation": self.delegation, "size": self.size, "layout": self.layout,
-                "read_plex": self.read_plex_index, "read_failovers": self.read_failovers,
-                "bytes_read": self.bytes_read,
-                "bytes_written": self.bytes_written, "gate": self.gate.describe(),
-                "disks": [a.describe() for a in self.access]}
+                "block_size": self.block, "read_plex": self.read_plex_index,
+                "read_failovers": self.read_failovers, "bytes_read": self.bytes_read,
+                "bytes_written": self.bytes_written, "partial_block_writes": self.partial_writes,
+                "gate": self.gate.describe(), "disks": [a.describe() for a in self.access]}

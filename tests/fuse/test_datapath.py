@@ -72,12 +72,12 @@ def test_dd_64mib_roundtrip_on_every_layout(server, tmp_path, clients):
         subprocess.run(["cmp", str(src), str(target)], check=True, timeout=120)
 
 
-def test_fio_verify(server, dg, clients):
+def test_fio_verify(server, dg, clients, tmp_path):
     c = clients(1, "dg1/str")
     cp = subprocess.run(["fio", "--name=verify", f"--filename={c.path('dg1/str')}", "--rw=randwrite",
                          "--bs=4k", "--size=8M", "--direct=1", "--ioengine=psync",
                          "--verify=crc32c", "--do_verify=1", "--output-format=terse"],
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=120, cwd=tmp_path)  # its .state file
     assert cp.returncode == 0, cp.stderr + cp.stdout
     assert "verify" in cp.stdout and "err" not in cp.stderr.lower()
 

@@ -14,6 +14,7 @@ from harness import Server, mounted, read_backing, vctl, vctl_json, wait_for
 pytestmark = pytest.mark.fuse
 
 SHORT_LEASE = ("--lease", "1.0", "--lease-margin", "0.5", "--lease-guard", "0.2")
+SHORT_LEASE_SLACK = ("--watchdog-slack", "0.2")     # guard + margin - slack = 0.5 s budget
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_server_stopped_past_lease(short_lease_server, tmp_path):
     vctl(srv, "disk", "init", p, "--size", "64M")
     vctl(srv, "dg", "create", "dg1", p)
     vctl(srv, "vol", "create", "dg1", "v", "8M")
-    c = Client(srv, 1, tmp_path, "dg1/v", extra=("--pause-timeout", "2"))
+    c = Client(srv, 1, tmp_path, "dg1/v", extra=("--pause-timeout", "2") + SHORT_LEASE_SLACK)
     try:
         c.start()
         path = c.path("dg1/v")
@@ -109,6 +110,25 @@ def test_bad_attach_mounts_nothing(server, dg, clients):
     assert "attached exclusive by node 2" in rival.log_text()
     assert not mounted(rival.mount)
     assert holder.volume_status("dg1/cat")["gate"]["state"] == "open"
+
+
+def test_lease_terms_that_leave_the_watchdog_no_time_are_refused(short_lease_server, tmp_path):
+    """Guard 0.2 s + margin 0.5 s - the default slack 0.5 s leaves 0.2 s: the watchdog
+    could not fire before the fence ends. The client says so and mounts nothing."""
+    from harness import Client
+    p = str(tmp_path / "d0.img")
+    vctl(short_lease_server, "disk", "init", p, "--size", "64M")
+    vctl(short_lease_server, "dg", "create", "dg1", p)
+    vctl(short_lease_server, "vol", "create", "dg1", "v", "8M")
+    c = Client(short_lease_server, 1, tmp_path, "dg1/v")
+    try:
+        c.start(wait=False)
+        assert c.proc.wait(30) == 2
+        assert "leaves 0.2s for the agent to show progress" in c.log_text()
+        assert not mounted(c.mount)
+        assert vctl_json(short_lease_server, "status")["attachments"] == []
+    finally:
+        c.stop()
 
 
 def test_server_unreachable_at_start(tmp_path):

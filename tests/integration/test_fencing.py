@@ -110,15 +110,44 @@ def test_parallel_figure10(make_cluster):
             os.close(fd)
 
 
+def takeover(node, slots: range, text: bytes = b"node=2 took over") -> None:
+    """``node`` now owns the data: overwrite ``slots`` with its pattern, fsync."""
+    fd = os.open(node.path("dg/data"), os.O_RDWR)
+    try:
+        for slot in slots:
+            os.pwrite(fd, text.ljust(BLOCK, b"#"), slot * BLOCK)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def plex_regions(cluster, slots: int) -> list[bytes]:
+    """The first ``slots`` blocks of dg/data on every plex, read from the images."""
+    out = []
+    for plex in vctl_json(cluster.server, "vol", "show", "dg/data")["plexes"]:
+        sd = plex["columns"][0]["subdisks"][0]
+        fd = os.open(sd["path"], os.O_RDONLY | os.O_DIRECT)
+        try:
+            import mmap
+            buf = mmap.mmap(-1, slots * BLOCK)
+            os.preadv(fd, [buf], sd["disk_offset"])
+            out.append(bytes(buf))
+        finally:
+            os.close(fd)
+    return out
+
+
 def test_failover_figure9_standby_takes_over_after_fence(make_cluster):
     """Node 1 runs the application with an exclusive attach and hangs (SIGSTOP) as
-    the network partitions: node 2 wins, the server cannot reach node 1, so the
-    fence waits out its lease; only then may node 2 attach exclusively. When node
-    1 wakes up, not a single byte it writes reaches the disk."""
+    the network partitions. Its watchdog kills it within the no-progress budget,
+    before the survivors are told; node 2 wins, the server cannot reach node 1, so
+    the fence waits out its lease; only then may node 2 attach exclusively and take
+    the data over. Not one block of node 1 lands afterwards, on either plex."""
     c = make_cluster(2)
     n1 = c.start(1, "dg/data:ex")
     n2 = c.start(2)
     wait_for(lambda: c.cluster_state(2)["members"] == [1, 2], 20, "both members")
+    budget = n1.status()["watchdog"]["budget"]
     w = writer(c, 1, "0-63")
     wait_for(lambda: len(w.entries()) > 20, 10, "node 1 writing")
     rival = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
@@ -127,38 +156,58 @@ def test_failover_figure9_standby_takes_over_after_fence(make_cluster):
     os.kill(n1.proc.pid, signal.SIGSTOP)
     t_stop = time.time()
     c.partition([1], [2])
+    assert n1.proc.wait(10) == -signal.SIGKILL
+    t_killed = time.time()
+    assert "made no progress" in n1.log_text() and "is gone" in n1.log_text()
     st = wait_for(lambda: (lambda s: s["members"] == [2] and s["last_fence"] and s)(
         c.cluster_state(2)), 30, "node 2 to win and fence node 1")
     lease = vctl_json(c.server, "status")["server"]["lease"]
+    # Killed within its budget, long before the fence could end.
+    assert t_killed - t_stop < budget + 1.0
+    assert st["last_fence"]["at"] > t_killed + lease["margin"]
     # The server could not reach node 1: the fence waited out its lease + margin.
     assert st["last_fence"]["lease_expired"] == [1] and st["last_fence"]["acknowledged"] == []
     assert st["last_fence"]["at"] - t_stop >= lease["duration"] + lease["margin"] - 1.5
     took = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
                            "--control", n2.control], capture_output=True, text=True, timeout=30)
     assert took.returncode == 0, took.stderr
-    # Node 2 owns the data now: overwrite node 1's slots with its own pattern.
-    fd = os.open(n2.path("dg/data"), os.O_RDWR)
-    try:
-        for slot in range(0, 64):
-            os.pwrite(fd, b"node=2 took over".ljust(BLOCK, b"#"), slot * BLOCK)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    takeover(n2, range(64))
+    t_told = time.time()
+    wait_for(lambda: len(w.errors_after(t_told)) >= 3, 20, "node 1's writes to fail")
+    w.stop()
+    assert w.oks_after(t_told) == []
+    for region in plex_regions(c, 64):
+        assert region.count(b"node=2 took over") == 64   # no block of node 1 came back
+    assert vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["members"] == [2]
+
+
+def test_gate_alone_refuses_a_frozen_node_that_wakes(make_cluster):
+    """Defense in depth, with the watchdog off: node 1 is frozen, fenced and taken
+    over; when it wakes, its lease has run out and the server refuses it, so its
+    gate refuses every new write (only a write admitted before the freeze could
+    still land: the watchdog's job)."""
+    c = make_cluster(2, node_args=("--watchdog", "off"))
+    n1 = c.start(1, "dg/data:ex")
+    n2 = c.start(2)
+    wait_for(lambda: c.cluster_state(2)["members"] == [1, 2], 20, "both members")
+    assert n1.status()["watchdog"] == {"enabled": False}
+    assert "watchdog off" in n1.log_text()
+    w = writer(c, 1, "0-63")
+    wait_for(lambda: len(w.entries()) > 20, 10, "node 1 writing")
+    os.kill(n1.proc.pid, signal.SIGSTOP)
+    c.partition([1], [2])
+    wait_for(lambda: c.cluster_state(2)["last_fence"], 30, "node 2 to fence node 1")
+    took = subprocess.run([str(n2.command()[0]), "attach", "dg/data", "--mode", "ex",
+                           "--control", n2.control], capture_output=True, text=True, timeout=30)
+    assert took.returncode == 0, took.stderr
+    takeover(n2, range(64))
     t_told = time.time()
     os.kill(n1.proc.pid, signal.SIGCONT)
     wait_for(lambda: c.cluster_state(1)["state"] == "ejected", 20, "node 1 to eject itself")
     wait_for(lambda: len(w.errors_after(t_told)) >= 3, 20, "node 1's writes to fail")
     w.stop()
-    assert w.oks_after(t_told) == []
-    # Not one byte of node 1 landed after node 2 was told it was fenced.
-    show = vctl_json(c.server, "vol", "show", "dg/data")
-    for plex in show["plexes"]:
-        sd = plex["columns"][0]["subdisks"][0]
-        with open(sd["path"], "rb") as f:
-            f.seek(sd["disk_offset"])
-            region = f.read(64 * BLOCK)
-        assert region.count(b"node=2 took over") == 64   # no block of node 1 came back
-    assert vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["members"] == [2]
+    assert all(e[4] == errno.EIO for e in w.errors_after(t_told))
+    assert [e for e in w.oks_after(t_told) if e[4] >= t_told] == []   # none issued after it
 
 
 def test_corrupt_coordinator_refuses_join(make_cluster, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import trio
 
 from fencevol.errors import Fenced, IOFailure
-from vclient.gate import FENCED, OPEN, PAUSED, FenceGate
+from vclient.gate import FENCED, INFLIGHT, LEASE_END, OPEN, PAUSED, FenceGate, local_slot
 
 
 def gate(pause_timeout=10.0):
@@ -61,7 +61,7 @@ async def test_fence_is_immediate_and_sticky(autojump_clock):
 async def test_reconfigure_pause_blocks_reads_and_drains_writes(autojump_clock):
     g = gate()
     g.renewed(trio.current_time() + 100)
-    g.enter()                                         # a write in flight
+    assert g.admit_nowait()                           # a write in flight
     g.pause("reconfigure")
     assert not g.readable() and not g.writable()
     events = []
@@ -83,3 +83,28 @@ async def test_reconfigure_pause_blocks_reads_and_drains_writes(autojump_clock):
         g.renewed(trio.current_time() + 100)          # reinstated
     assert [e[0] for e in events] == ["drained", "read"]
     assert g.state is OPEN and g.pauses == 1
+
+
+def test_admission_is_published_before_the_clock_is_read():
+    """A process frozen right after the clock read must already be seen holding a
+    write by the watchdog; the lease end it must finish by is published on renewal."""
+    slot = local_slot()
+    seen = []
+    now = [0.0]
+
+    def clock():
+        seen.append(slot[INFLIGHT])
+        return now[0]
+
+    g = FenceGate(clock=clock, slot=slot)
+    g.renewed(10.0, 10.5)
+    assert slot[LEASE_END] == 10_500_000_000
+    assert g.admit_nowait()
+    assert seen[-1] == 1 and slot[INFLIGHT] == 1
+    g.leave()
+    assert slot[INFLIGHT] == 0
+    now[0] = 10.0                                     # deadline reached: refused
+    assert not g.admit_nowait()
+    assert seen[-1] == 1 and slot[INFLIGHT] == 0 and g.inflight == 0
+    g.renewed(9.0, 9.5)                               # an older grant never moves it back
+    assert slot[LEASE_END] == 10_500_000_000
