@@ -85,7 +85,7 @@ def alive(pid: int | None) -> bool:
             zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
-    return not zombie and any(w in cmdline for w in (b"vclient", b"vserver", b"bindfs"))
+    return not zombie and any(w in cmdline for w in (b"vclient", b"vserver", b"bindfs", b"strace"))
 
 
 def stop_pid(pid: int | None, timeout: float = 15) -> None:
@@ -261,6 +261,12 @@ def cmd_status(args) -> int:
 
 def down(d: Path, st: dict, quiet: bool = False) -> None:
     subprocess.run(["nft", "delete", "table", "inet", st["nft_table"]], capture_output=True)
+    for pidfile in d.glob("stall-*.pid"):          # tools/fault/stall's strace
+        try:
+            stop_pid(int(pidfile.read_text()))
+        except ValueError:
+            pass
+        pidfile.unlink(missing_ok=True)
     for n in st["nodes"].values():
         stop_pid(n.get("pid"))
         force_unmount(n["mount"])

@@ -278,6 +278,23 @@ def loops_over(prefix: str) -> list[str]:
     return out
 
 
+def stall(pid: int, seconds: float, log: Path) -> subprocess.Popen:
+    """Hold ``pid``'s next I/O submission at syscall entry for ``seconds`` (what
+    tools/fault/stall does); returns once strace is attached. Stop the returned
+    process when done (it ends by itself with the stall or the tracee)."""
+    proc = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-e", "trace=io_submit", "-e",
+                             f"inject=io_submit:delay_enter={seconds}s:when=1", "-o", str(log)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def traced():
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
+
+    wait_for(traced, 10, f"strace to attach to {pid}")
+    return proc
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     """Poll an external process's published state until ``predicate()`` is truthy."""
     deadline = time.monotonic() + timeout

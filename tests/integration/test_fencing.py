@@ -8,7 +8,17 @@ import subprocess
 import time
 
 import pytest
-from harness import Client, Cluster, WriterProc, partition_resolved, vctl, vctl_json, wait_for
+from harness import (
+    Client,
+    Cluster,
+    WriterProc,
+    partition_resolved,
+    stall,
+    vctl,
+    vctl_json,
+    wait_for,
+)
+from writer import decode
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuse, pytest.mark.nft]
 
@@ -179,6 +189,51 @@ def test_failover_figure9_standby_takes_over_after_fence(make_cluster):
     for region in plex_regions(c, 64):
         assert region.count(b"node=2 took over") == 64   # no block of node 1 came back
     assert vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["members"] == [2]
+
+
+STALL = 15
+
+
+@pytest.mark.parametrize("watchdog", ["on", "off"])
+def test_write_stalled_after_admission_never_lands_after_the_takeover(make_cluster, watchdog):
+    """The issue's case: node 2 writes records to its slots of a mirror; its agent
+    stalls right after the gate admitted a write, before the write is issued
+    (strace holds the submission). Node 1 wins, the fence completes when node 2's
+    lease ran out, node 1 takes the slots over and fsyncs. With the watchdog, node
+    2 is killed before the fence ends and its write never lands. With the
+    watchdog off, the held write lands on top of node 1's data when the stall
+    ends -- the failure this test exists to catch."""
+    c = make_cluster(2, volumes=(("data", "32M", ("--layout", "mirror")),),
+                     node_args=("--watchdog", watchdog))
+    start_members(c, (1, 2), "dg/data")
+    w = writer(c, 2, "0-63")
+    wait_for(lambda: len(w.entries()) > 20, 10, "node 2 writing")
+    n2 = c.nodes[2]
+    tracer = stall(n2.proc.pid, STALL, c.workdir / "stall.log")
+    t_stall = time.time()
+    try:
+        st = wait_for(lambda: (lambda s: s["members"] == [1] and s["last_fence"] and s)(
+            c.cluster_state(1)), 30, "node 1 to win and fence node 2")
+        takeover(c.nodes[1], range(64), b"node=1 took over")
+        assert time.time() < t_stall + STALL, "the takeover must come before the stall ends"
+        if watchdog == "on":
+            assert n2.proc.wait(STALL) == -signal.SIGKILL    # it dies once strace lets go
+            log = n2.log_text()
+            assert "killing vclient node 2" in log and "made no progress" in log
+            assert st["last_fence"]["at"] > t_stall
+        else:
+            # The stall ends and the held write goes out, on top of node 1's data.
+            wait_for(lambda: any(decode(r[s * BLOCK:(s + 1) * BLOCK]) for r in plex_regions(c, 64)
+                                 for s in range(64)), STALL + 10, "the held write to land")
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    escaped = [(p, s) for p, r in enumerate(plex_regions(c, 64)) for s in range(64)
+               if not r[s * BLOCK:(s + 1) * BLOCK].startswith(b"node=1 took over")]
+    if watchdog == "on":
+        assert escaped == [], f"node 2's writes landed after the takeover at {escaped}"
+    else:
+        assert escaped, "the unprotected stall should have let the held write through"
 
 
 def test_gate_alone_refuses_a_frozen_node_that_wakes(make_cluster):
