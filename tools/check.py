@@ -1,17 +1,29 @@
 """tools/check: prove that no write escapes the fence, Jepsen-style.
 
-Each trial starts a fresh cluster (tools/cluster), runs a writer on every node
-(tools/writer.py: checksummed records with node, incarnation, generation and a
-sequence number, in slots the node owns, fsync'd every few writes, every outcome
-logged), applies a seeded random schedule of faults with the tools/fault/*
-scripts, heals, and then checks, reading the backing images directly:
+Each trial starts a fresh cluster (tools/cluster; with --hosts every node is a
+"host" with its own network namespace and its own loop devices over the images),
+runs a writer on every node (tools/writer.py: checksummed records with node,
+incarnation, generation and a sequence number, in slots the node owns, fsync'd
+every few writes, every outcome logged), and applies a seeded random schedule of
+faults with the tools/fault/* scripts. Whenever a fault costs the cluster a node
+(partition, pause, stall, kill), the survivors fence it, and then one survivor
+*takes its data over*: it rewrites every slot of the lost node and fsyncs, as a
+failover would (journal replay, service restart) -- only then does the lost node
+come back (restarted if its watchdog or the fault killed it) and rejoin. At the
+end the checker reads every plex straight from the images and judges
+(tools/verdicts.py):
 
-  (a) no record of a node was issued after the survivors were told it was fenced
-      (and before it rejoined) -- neither on disk nor acknowledged to its writer;
-  (b) every fsync-acknowledged record is on disk in every plex, or superseded by a
-      later record of the same node;
-  (c) after each partition exactly one side kept membership, the other ejected;
-  (d) no daemon crashed, no traceback in the logs, every mount answers.
+  (a) no write of a node issued after the survivors were told it was fenced (and
+      before it rejoined) succeeded or is on disk, and no record the owner issued
+      before a takeover of its slot was acknowledged is on disk -- that would be an
+      admitted write that stalled past the fence and landed on the survivor's data;
+  (b) every fsync-acknowledged record (takeovers included) is on every plex, or a
+      later write replaced it;
+  (c) after each partition exactly one side kept membership, the other ejected
+      itself or was killed by its watchdog;
+  (d) no daemon crashed (watchdog kills of stalled nodes are counted, not
+      crashes), no traceback in the logs, every mount answers;
+  (e) every slot holds the same record on every plex of the mirror.
 
 A row per trial, a summary, exit status 1 on any violation. A failing trial keeps
 its directory (logs, cluster.json, images) and prints the command replaying it.
@@ -36,16 +48,24 @@ from harness import (  # noqa: E402
     WriterProc,
     extent_map_from_show,
     parse_writer_log,
-    partition_resolved,
     wait_for,
+)
+from verdicts import (  # noqa: E402
+    History,
+    Record,
+    Write,
+    judge,
+    summarize,
+    takeovers_intact,
 )
 from writer import BLOCK, decode  # noqa: E402
 
+from fencevol import directio  # noqa: E402
 from vclient.gate import UNSAFE_SWITCH, UNSAFE_VALUE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
-FAULTS = ("partition", "pause", "partition-pause-racer", "kill", "server-restart")
+FAULTS = ("partition", "pause", "partition-pause-racer", "kill", "server-restart", "stall")
 SLOTS_PER_NODE = 64
 
 
@@ -62,10 +82,12 @@ class Trial:
         self.dir = base / f"trial-{index:04d}"
         self.nodes = [str(i) for i in range(1, args.nodes + 1)]
         self.writers: dict[str, list[WriterProc]] = {n: [] for n in self.nodes}
+        self.takeover_logs: list[Path] = []
+        self.fresh_takeovers: list[Path] = []        # taken over, lost node not back yet
         self.violations: list[str] = []
         self.notes: list[str] = []
         self.applied: list[str] = []
-        self.writes = self.acked = 0
+        self.writes = self.acked = self.takeovers = 0
         # Every cluster event any status call showed, per node: a killed node's
         # history dies with its process, so it is collected as the trial goes.
         self.events: dict[str, dict[str, dict]] = {n: {} for n in self.nodes}
@@ -81,8 +103,8 @@ class Trial:
             raise TrialFailed(f"{' '.join(map(str, cmd[:3]))}...: {cp.stderr.strip()[-300:]}")
         return cp.stdout
 
-    def fault(self, name: str, *args: str) -> None:
-        self.sh(TOOLS / "fault" / name, *args, "--dir", self.dir)
+    def fault(self, name: str, *args: str, check: bool = True) -> None:
+        self.sh(TOOLS / "fault" / name, *args, "--dir", self.dir, check=check)
 
     @property
     def state(self) -> dict:
@@ -120,8 +142,89 @@ class Trial:
                        interval=0.01, fsync_every=4)
         self.writers[n].append(w)
 
-    # -- nemesis ------------------------------------------------------------------------------
-    def rejoin_ejected(self) -> None:
+    # -- losing a node, taking its data over, getting it back --------------------------------------
+    def resolution(self):
+        """(members, states) once a loss is resolved: every node a member, ejected,
+        dead (killed by its watchdog or the fault) or silent (stopped, stalled),
+        some not a member, and every member listing exactly the members; else None."""
+        st = self.status()
+        states = {n: self.cluster_of(st, n).get("state")
+                  or ("silent" if "error" in (st.get(n) or {}) else "dead") for n in self.nodes}
+        if any(s not in ("member", "ejected", "dead", "silent") for s in states.values()):
+            return None
+        members = sorted((n for n, s in states.items() if s == "member"), key=int)
+        if not members or len(members) == len(self.nodes):
+            return None
+        want = sorted(int(n) for n in members)
+        if any(self.cluster_of(st, n).get("members") != want for n in members):
+            return None
+        return members, states
+
+    def told_fenced(self, nodes: set[int], t0: float) -> bool:
+        """Has a survivor been told, since ``t0``, that every one of ``nodes`` is fenced?"""
+        self.status()
+        told = {v for seen in self.events.values() for ev in seen.values()
+                if ev["event"] == "fenced" and ev["at"] >= t0 for v in ev["victims"]}
+        return nodes <= told
+
+    def lose(self, t0: float, what: str, sides: tuple[list[str], list[str]] | None = None) -> None:
+        """After a fault at ``t0``: wait until the loss is resolved ((c) for a
+        partition), until a survivor was told every lost node is fenced, then take
+        the lost nodes' slots over; then heal, bring everything back and rejoin."""
+        try:
+            members, states = self.wait(self.resolution, 40, f"{what} to resolve")
+        except TrialFailed as exc:
+            self.violations.append(f"(c) {what}: {exc}")
+            return
+        lost = [n for n in self.nodes if n not in members]
+        if sides is not None:
+            a, b = sides
+            if not (set(members) <= set(a) or set(members) <= set(b)):
+                self.violations.append(f"(c) {what}: members {members} span both sides {a}|{b}")
+        kept = ",".join(members)
+        self.notes.append(f"{what}: kept {kept}; lost " + ", ".join(f"{n} ({states[n]})" for n in lost))
+        self.wait(lambda: self.told_fenced({int(n) for n in lost}, t0), 40,
+                  f"the survivors to be told nodes {lost} are fenced")
+        self.fresh_takeovers = [self.take_over(n, members[0]) for n in lost]
+
+    def take_over(self, lost: str, survivor: str) -> Path:
+        """``survivor`` rewrites every slot of ``lost`` once and fsyncs."""
+        node = self.state["nodes"][survivor]
+        base = (int(lost) - 1) * SLOTS_PER_NODE
+        log = self.dir / f"takeover-{lost}-by-{survivor}-{len(self.takeover_logs)}.log"
+        self.takeover_logs.append(log)
+        cp = subprocess.run([sys.executable, str(TOOLS / "writer.py"), "--file", node["file"],
+                             "--node", survivor, "--slots", f"{base}-{base + SLOTS_PER_NODE - 1}",
+                             "--log", str(log), "--control", node["control"], "--once"],
+                            capture_output=True, text=True, timeout=60)
+        if cp.returncode != 0:
+            raise TrialFailed(f"node {survivor} could not take node {lost}'s slots over: "
+                              f"{cp.stderr.strip()[-300:]}")
+        self.takeovers += 1
+        return log
+
+    def restore(self) -> None:
+        """Heal; once every node that is still alive answers again (a write it held
+        has gone out by then), check the slots just taken over; restart dead nodes
+        (new writer), rejoin ejected ones."""
+        self.fault("heal")
+
+        def settled():
+            st = self.status()
+            return all(self.cluster_of(st, n).get("state") or not _alive(self.state["nodes"][n].get("pid"))
+                       for n in self.nodes)
+
+        self.wait(settled, 40, "every node to answer or be gone")
+        if self.fresh_takeovers:
+            writes = [w for w in self.writes_logged(self.fresh_takeovers) if w.takeover]
+            self.violations += takeovers_intact(self.read_plexes(), writes, self.owner)
+            self.fresh_takeovers = []
+        for n in self.nodes:
+            if not _alive(self.state["nodes"][n].get("pid")):
+                for w in self.writers[n]:
+                    w.stop(timeout=5)
+                self.sh(TOOLS / "cluster", "start-node", n, "--dir", self.dir, timeout=90)
+                self.start_writer(n)
         st = self.status()
         for n in self.nodes:
             if self.cluster_of(st, n).get("state") != "member":
@@ -129,41 +232,20 @@ class Trial:
                         timeout=60)
         self.wait(self.all_members, 40, "every node to be a member again")
 
-    def resolved(self):
-        st = self.status()
-        clusters = {n: self.cluster_of(st, n) for n in self.nodes}
-        members = partition_resolved(clusters)
-        return (members, {n: c.get("state") for n, c in clusters.items()}) if members else None
-
-    def check_partition(self, a: list[str], b: list[str], what: str) -> None:
-        """(c): exactly one side kept membership; the other side ejected itself."""
-        try:
-            members, states = self.wait(self.resolved, 40, f"{what} to resolve")
-        except TrialFailed as exc:
-            self.violations.append(f"(c) {what}: {exc}")
-            return
-        if not (set(members) <= set(a) or set(members) <= set(b)):
-            self.violations.append(f"(c) {what}: members {members} span both sides {a}|{b}")
-        side = a if set(members) <= set(a) else b
-        losers = [n for n in self.nodes if n not in side]
-        if any(states[n] != "ejected" for n in losers):
-            self.violations.append(f"(c) {what}: losers {losers} not all ejected: {states}")
-        self.notes.append(f"{what}: {'|'.join(','.join(s) for s in (a, b))} -> kept {','.join(members)}")
-
+    # -- nemesis ------------------------------------------------------------------------------
     def split(self) -> tuple[list[str], list[str]]:
         nodes = list(self.nodes)
         self.rnd.shuffle(nodes)
         k = self.rnd.randint(1, len(nodes) - 1)
-        return sorted(nodes[:k]), sorted(nodes[k:])
+        return sorted(nodes[:k], key=int), sorted(nodes[k:], key=int)
 
     def apply(self, fault: str) -> None:
         self.applied.append(fault)
+        t0 = time.time()
         if fault == "partition":
             a, b = self.split()
             self.fault("partition", ",".join(a), ",".join(b))
-            self.check_partition(a, b, "partition")
-            self.fault("heal")
-            self.rejoin_ejected()
+            self.lose(t0, f"partition {','.join(a)}|{','.join(b)}", (a, b))
         elif fault == "partition-pause-racer":
             a, b = self.split()
             racer = min(a, key=int)
@@ -171,36 +253,33 @@ class Trial:
             time.sleep(self.rnd.uniform(1.0, 1.8))         # around detection and race
             self.fault("pause", racer)
             time.sleep(self.rnd.uniform(2.0, 4.0))
-            self.fault("resume", racer)
-            self.check_partition(a, b, f"partition with racer {racer} paused")
-            self.fault("heal")
-            self.rejoin_ejected()
+            self.fault("resume", racer, check=False)        # its watchdog may have killed it
+            self.lose(t0, f"partition {','.join(a)}|{','.join(b)} with racer {racer} paused", (a, b))
         elif fault == "pause":
             n = self.rnd.choice(self.nodes)
             self.fault("pause", n)
             time.sleep(self.rnd.uniform(2.0, 5.0))
-            self.fault("resume", n)
-            self.notes.append(f"paused node {n}")
-            self.wait(lambda: self.cluster_of(self.status(), n).get("state") in ("member", "ejected"),
-                      20, f"node {n} to settle")
-            self.rejoin_ejected()
+            self.fault("resume", n, check=False)
+            self.lose(t0, f"node {n} paused")
+        elif fault == "stall":
+            n = self.rnd.choice(self.nodes)
+            # Longer than a fence plus a takeover: without a watchdog the held write
+            # would land on the survivor's data (the self-test proves it is seen).
+            self.fault("stall", n, "--seconds", f"{self.rnd.uniform(8.0, 12.0):.1f}")
+            self.lose(t0, f"node {n} stalled after its gate admitted a write")
         elif fault == "kill":
             n = self.rnd.choice(self.nodes)
-            old = self.writers[n][-1]
             self.status()                      # keep the history the kill will erase
-            self.fault("kill-node", n, "--restart")
-            old.stop(timeout=5)
-            self.notes.append(f"killed and restarted node {n}")
-            self.wait(lambda: self.cluster_of(self.status(), n).get("state") in ("member", "ejected"),
-                      30, f"node {n} to come back")
-            self.rejoin_ejected()
-            self.start_writer(n)
+            self.fault("kill-node", n)
+            self.lose(t0, f"node {n} killed")
         elif fault == "server-restart":
             self.fault("restart-server", "--kill", "--down-for", f"{self.rnd.uniform(0.2, 2.0):.2f}")
             self.notes.append("server killed and restarted")
             self.wait(self.all_members, 20, "the nodes after the server restart")
+            return
         else:
             raise ValueError(fault)
+        self.restore()
 
     # -- the trial ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -208,7 +287,9 @@ class Trial:
         faults = [self.rnd.choice(self.args.faults) for _ in range(self.rnd.randint(1, self.args.max_faults))]
         try:
             self.sh(TOOLS / "cluster", "up", str(self.args.nodes), "--dir", self.dir, "--quiet",
-                    "--pause-timeout", "5", timeout=180)
+                    "--pause-timeout", "5", *(["--hosts"] if self.args.hosts else []),
+                    *(["--node-arg=--watchdog", "--node-arg=off"]
+                      if self.args.disable_watchdog_for_self_test else []), timeout=180)
             self.wait(self.all_members, 40, "the cluster to form")
             for n in self.nodes:
                 self.start_writer(n)
@@ -225,7 +306,12 @@ class Trial:
             self.finish()
         return {"trial": self.index, "seed": self.seed, "faults": self.applied, "notes": self.notes,
                 "violations": self.violations, "seconds": round(time.monotonic() - t0, 1),
-                "writes": self.writes, "acked": self.acked}
+                "writes": self.writes, "acked": self.acked, "takeovers": self.takeovers,
+                "watchdog_kills": self.watchdog_kills()}
+
+    def watchdog_kills(self) -> int:
+        return sum(log.read_text(errors="replace").count("watchdog: killing vclient")
+                   for log in self.dir.glob("node*.log"))
 
     def finish(self) -> None:
         try:
@@ -238,7 +324,7 @@ class Trial:
         try:
             if (self.dir / "cluster.json").exists():
                 self.check_health(status)
-                self.check_records(status)
+                self.check_records()
         finally:
             if (self.dir / "cluster.json").exists():
                 self.sh(TOOLS / "cluster", "down", "--dir", self.dir, check=False)
@@ -263,14 +349,13 @@ class Trial:
             if "Traceback" in text or "internal error" in text:
                 self.violations.append(f"(d) {log.name} has a traceback")
 
-    def read_plexes(self) -> list[dict[int, dict | None]]:
-        """Every slot of dg/data, per plex, read from the backing images."""
+    def read_plexes(self) -> list[dict[int, Record | None]]:
+        """Every slot of dg/data, per plex, read from the images with direct I/O."""
         show = json.loads(self.sh(VENV_BIN / "vctl", "--server", self.state["server"]["address"],
                                   "--key-file", self.state["server"]["key_file"],
                                   "vol", "show", "dg/data", "--json"))
         emap = extent_map_from_show(show)
-        disks = emap.disks
-        files = {i: open(d.path, "rb") for i, d in enumerate(disks)}
+        fds = {i: directio.open_direct(d.path, os.O_RDONLY) for i, d in enumerate(emap.disks)}
         try:
             out = []
             for plex in emap.plexes:
@@ -278,79 +363,59 @@ class Trial:
                 for s in range(len(self.nodes) * SLOTS_PER_NODE):
                     buf = bytearray(BLOCK)
                     for disk, doff, boff, n in plex.segments(s * BLOCK, BLOCK):
-                        files[disk].seek(doff)
-                        buf[boff:boff + n] = files[disk].read(n)
-                    slots[s] = decode(bytes(buf))
+                        buf[boff:boff + n] = directio.read_range(fds[disk], doff, n, 4096)
+                    rec = decode(bytes(buf))
+                    slots[s] = rec and Record(rec["node"], rec["seq"], rec["time"])
                 out.append(slots)
             return out
         finally:
-            for f in files.values():
-                f.close()
+            for fd in fds.values():
+                os.close(fd)
 
-    def check_records(self, status: dict) -> None:
-        # When was which incarnation of each node fenced (a survivor told), and with
-        # which incarnation did each node (re)join, when?
-        told: dict[int, list[tuple[float, int]]] = {}
-        joins: dict[int, list[tuple[float, int]]] = {}
+    def history(self) -> History:
+        """When was which incarnation of each node fenced (a survivor told), and with
+        which incarnation did each node (re)join, when?"""
+        h = History()
         for n, seen in self.events.items():
             for ev in seen.values():
                 if ev["event"] == "fenced":
                     incs = ev.get("incarnations", {})
                     for v in ev["victims"]:
-                        told.setdefault(v, []).append((ev["at"], int(incs.get(str(v), 0xFFFFFFFF))))
+                        h.fenced.setdefault(v, []).append((ev["at"], int(incs.get(str(v), 0xFFFFFFFF))))
                 if ev["event"] == "joined":
-                    joins.setdefault(int(n), []).append((ev["at"], int(ev.get("incarnation", 0))))
+                    h.joined.setdefault(int(n), []).append((ev["at"], int(ev.get("incarnation", 0))))
+        return h
 
-        def forbidden(node: int, t: float) -> float | None:
-            """The fence time if ``node`` issued a write at ``t`` as an incarnation
-            that had been fenced (told to a survivor) before ``t``."""
-            before = [inc for tj, inc in joins.get(node, []) if tj < t]
-            writing = max(before) if before else 0
-            for tf, inc in sorted(told.get(node, [])):
-                if tf < t and writing <= inc:
-                    return tf
-            return None
+    @staticmethod
+    def owner(slot: int) -> int:
+        return slot // SLOTS_PER_NODE + 1
 
-        plexes = self.read_plexes()
-        acked_total = writes_total = 0
-        for n, ws in self.writers.items():
-            node = int(n)
-            for w in ws:
-                entries = parse_writer_log(w.log)
-                writes_total += sum(1 for e in entries if e[3] in ("ok", "err"))
-                for t, seq, slot, what, extra in entries:
-                    if what == "ok":
-                        tf = forbidden(node, extra)
-                        if tf is not None:
-                            self.violations.append(f"(a) node {node}'s write seq {seq} issued "
-                                                   f"{extra - tf:+.3f}s after it was fenced succeeded")
-                    elif what == "acked":
-                        acked_total += 1
-                        for p, slots in enumerate(plexes):
-                            rec = slots.get(slot)
-                            if rec is None or rec["node"] != node or rec["seq"] < seq:
-                                self.violations.append(
-                                    f"(b) node {node}'s acknowledged record seq {seq} is missing from "
-                                    f"slot {slot} of plex {p} (found {rec and (rec['node'], rec['seq'])})")
-        for p, slots in enumerate(plexes):
-            for slot, rec in slots.items():
-                if rec is None:
-                    continue
-                tf = forbidden(rec["node"], rec["time"])
-                if tf is not None:
-                    self.violations.append(f"(a) plex {p} slot {slot} holds node {rec['node']}'s record "
-                                           f"issued {rec['time'] - tf:+.3f}s after it was fenced")
-        self.writes, self.acked = writes_total, acked_total
-        # Keep the report readable: at most 10 lines per kind.
-        kinds: dict[str, int] = {}
-        kept = []
-        for v in self.violations:
-            k = v[:3]
-            kinds[k] = kinds.get(k, 0) + 1
-            if kinds[k] <= 10:
-                kept.append(v)
-        extra = {k: c - 10 for k, c in kinds.items() if c > 10}
-        self.violations = kept + [f"{k} ... and {c} more" for k, c in extra.items()]
+    def writes_logged(self, takeover_logs: list[Path] | None = None) -> list[Write]:
+        """Every write logged (only those of ``takeover_logs`` when given)."""
+        if takeover_logs is None:
+            logs = [(int(n), w.log, False) for n, ws in self.writers.items() for w in ws]
+            takeover_logs = self.takeover_logs
+        else:
+            logs = []
+        logs += [(int(p.name.split("-")[3]), p, True) for p in takeover_logs]
+        out = []
+        for node, log, takeover in logs:
+            entries = parse_writer_log(log)
+            issued = {seq: extra for _, seq, _, what, extra in entries if what == "ok"}
+            acked = {seq: t for t, seq, _, what, _ in entries if what == "acked"}
+            for t, seq, slot, what, extra in entries:
+                if what in ("ok", "err"):
+                    ok = what == "ok"
+                    out.append(Write(node, seq, slot, extra if ok else t, ok,
+                                     acked.get(seq) if seq in issued else None, takeover))
+        return out
+
+    def check_records(self) -> None:
+        writes = self.writes_logged()
+        self.writes = sum(1 for w in writes if not w.takeover)
+        self.acked = sum(1 for w in writes if w.acked is not None)
+        self.violations += judge(self.history(), writes, self.read_plexes(), self.owner)
+        self.violations = summarize(self.violations)
 
 
 def _alive(pid) -> bool:
@@ -374,10 +439,13 @@ def main() -> int:
     ap.add_argument("--max-faults", type=int, default=2, help="faults per trial (1 to this)")
     ap.add_argument("--faults", default=",".join(FAULTS),
                     help=f"comma-separated subset of {', '.join(FAULTS)}")
+    ap.add_argument("--hosts", action="store_true",
+                    help="run every trial on the hosts test bed (tools/cluster up --hosts)")
     ap.add_argument("--dir", default=str(ROOT / "check-runs"), help="where trials run")
     ap.add_argument("--keep", action="store_true", help="keep every trial's directory")
     ap.add_argument("--json", action="store_true", help="print the results as JSON at the end")
     ap.add_argument("--disable-gate-for-self-test", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--disable-watchdog-for-self-test", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.faults = [f for f in args.faults.split(",") if f]
     unknown = set(args.faults) - set(FAULTS)
@@ -387,9 +455,10 @@ def main() -> int:
         ap.error("at least 2 nodes")
     base = Path(args.dir).resolve() / f"seed-{args.seed}"
     base.mkdir(parents=True, exist_ok=True)
-    print(f"tools/check: seed {args.seed}, {args.trials} trials, {args.nodes} nodes, faults "
-          f"{','.join(args.faults)}; runs in {base}")
-    print(f"{'trial':>5}  {'result':9}  {'secs':>5}  {'writes':>6}  {'acked':>5}  faults")
+    print(f"tools/check: seed {args.seed}, {args.trials} trials, {args.nodes} nodes"
+          f"{' on separate hosts' if args.hosts else ''}, faults {','.join(args.faults)}; runs in {base}")
+    print(f"{'trial':>5}  {'result':9}  {'secs':>5}  {'writes':>6}  {'acked':>5}  {'takeovers':>9}  "
+          f"{'wd kills':>8}  faults")
     results, failed = [], []
     for i in range(args.first_trial, args.first_trial + args.trials):
         trial = Trial(i, args.seed, args, base)
@@ -397,7 +466,8 @@ def main() -> int:
         results.append(res)
         ok = not res["violations"]
         print(f"{i:>5}  {'ok' if ok else 'VIOLATION':9}  {res['seconds']:>5.0f}  {res['writes']:>6}  "
-              f"{res['acked']:>5}  {', '.join(res['faults'])}", flush=True)
+              f"{res['acked']:>5}  {res['takeovers']:>9}  {res['watchdog_kills']:>8}  "
+              f"{', '.join(res['faults'])}", flush=True)
         for note in res["notes"]:
             print(f"{'':>7}- {note}")
         for v in res["violations"]:
@@ -407,11 +477,15 @@ def main() -> int:
         if not ok:
             failed.append(i)
             print(f"{'':>7}  kept {trial.dir}; replay: tools/check --seed {args.seed} "
-                  f"--first-trial {i} --trials 1 --nodes {args.nodes} --faults {','.join(args.faults)}")
+                  f"--first-trial {i} --trials 1 --nodes {args.nodes} --faults {','.join(args.faults)}"
+                  + (" --hosts" if args.hosts else ""))
     writes = sum(r["writes"] for r in results)
     acked = sum(r["acked"] for r in results)
+    takeovers = sum(r["takeovers"] for r in results)
+    kills = sum(r["watchdog_kills"] for r in results)
     print(f"\nsummary: {len(results) - len(failed)}/{len(results)} trials passed, {writes} writes, "
-          f"{acked} acknowledged records checked" + (f"; FAILED trials {failed}" if failed else ""))
+          f"{acked} acknowledged records checked, {takeovers} takeovers, {kills} watchdog kills"
+          + (f"; FAILED trials {failed}" if failed else ""))
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -3,19 +3,27 @@ and for fault-injection scripts.
 
   tools/cluster up N [--dir DIR] ...   server on fresh images, disk group "dg" with
                                        volume "data" and coordinator "coord", N nodes
+  tools/cluster up N --hosts ...       the same with every node a "host": its own
+                                       network namespace and its own loop devices
+                                       over the images (its own page cache)
   tools/cluster status [--json]        every node's view (membership, gates)
-  tools/cluster down                   stop everything, unmount, remove nft rules
+  tools/cluster partition A B          cut the heartbeats between node sets A and B
+  tools/cluster heal                   remove every cut
+  tools/cluster down                   stop everything, unmount, remove nft rules,
+                                       namespaces, interfaces and loop devices
   tools/cluster start-node ID          (re)start one node with its recorded arguments
   tools/cluster start-server           (re)start the server with its arguments
 
-Everything it starts is recorded in DIR/cluster.json (pids, ports, mounts, node
-ids, command lines); tools/fault/* find processes there, never by name. The
-nftables rules of tools/fault/partition live in the table named there, which
-`down` deletes."""
+Everything it starts or creates is recorded in DIR/cluster.json (pids, ports,
+addresses, namespaces, loop devices, mounts, node ids, command lines);
+tools/fault/* find processes there, never by name. Partition rules live in the nft
+table named there (in every node namespace with --hosts), which `heal` and `down`
+delete. --hosts: tools/hostsnet.py."""
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import signal
@@ -29,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import (  # noqa: E402
     ENV,
     VENV_BIN,
+    Nft,
     force_unmount,
     free_udp_ports,
     launch,
@@ -38,8 +47,10 @@ from harness import (  # noqa: E402
     wait_for,
     wait_line_in_file,
 )
+from hostsnet import HostsNet  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cluster"
+HOSTS_HB_PORT = 7790          # every node namespace has its own ports
 
 
 def state_path(d: Path) -> Path:
@@ -154,14 +165,38 @@ def cmd_up(args) -> int:
         down(d, old, quiet=True)
     if not 1 <= args.nodes <= 16:
         raise SystemExit("cluster: between 1 and 16 nodes")
+    if args.hosts and args.disk_paths:
+        raise SystemExit("cluster: --hosts gives every node its own devices already; "
+                         "--disk-paths does not combine with it")
     subprocess.run(["rm", "-rf", str(d)], check=True)
     (d / "images").mkdir(parents=True)
-    table = f"fencevol_c{zlib.crc32(str(d).encode()):08x}"
-    cluster_id = args.cluster_id
-    st = {"dir": str(d), "cluster_id": cluster_id, "coordinator": "dg/coord", "volume": "dg/data",
-          "nft_table": table, "links": args.links, "nodes": {}, "disks": {}}
+    tag = zlib.crc32(str(d).encode())
+    st = {"dir": str(d), "cluster_id": args.cluster_id, "coordinator": "dg/coord",
+          "volume": "dg/data", "nft_table": f"fencevol_c{tag:08x}", "links": args.links,
+          "nodes": {}, "disks": {}, "hosts": None}
+    try:
+        build(d, st, args, f"{tag & 0xFFFFFF:06x}")
+    except BaseException:
+        down(d, st, quiet=True)
+        raise
+    if not args.quiet:
+        print_summary(st)
+    return 0
+
+
+def build(d: Path, st: dict, args, tag: str) -> None:
+    n = args.nodes
+    net = None
+    listen = "127.0.0.1:0"
+    if args.hosts:
+        net = HostsNet.plan(tag, list(range(1, n + 1)), args.links)
+        st["hosts"] = net.to_json()
+        save(d, st)                    # recorded before it exists: `down` can undo a partial create
+        net.create()
+        st["hosts"] = net.to_json()
+        listen = f"{net.server_ip()}:0"
     server_argv = [str(VENV_BIN / "vserver"), "serve", "--state-dir", str(d / "state"),
-                   "--listen", "127.0.0.1:0", "--lease", str(args.lease)]
+                   "--listen", listen, "--lease", str(args.lease)]
     st["server"] = {"argv": server_argv, "log": str(d / "vserver.log"), "state_dir": str(d / "state"),
                     "key_file": str(d / "state" / "cluster.key")}
     start_server(d, st)
@@ -180,29 +215,42 @@ def cmd_up(args) -> int:
     vctl(ref, "dg", "create", "dg", *disks)
     layout = ["--layout", "mirror"] if args.disks >= 2 else []
     vctl(ref, "vol", "create", "dg", "data", args.size, *layout)
-    n = args.nodes
-    vctl(ref, "coord", "create", "dg", "coord", "--cluster-id", cluster_id,
+    vctl(ref, "coord", "create", "dg", "coord", "--cluster-id", st["cluster_id"],
          "--nodes", ",".join(str(i) for i in range(1, n + 1)))
-    ports = {i: free_udp_ports(args.links) for i in range(1, n + 1)}
-    host = lambda link: f"127.0.0.{link + 1}"  # noqa: E731
+    if net is not None:
+        net.attach_disks(st["disks"])
+        st["hosts"] = net.to_json()
+        save(d, st)
+        links = {i: [f"{net.node_ip(i, link)}:{HOSTS_HB_PORT}" for link in range(args.links)]
+                 for i in range(1, n + 1)}
+    else:
+        links = {i: [f"127.0.0.{link + 1}:{p}" for link, p in enumerate(free_udp_ports(args.links))]
+                 for i in range(1, n + 1)}
     for i in range(1, n + 1):
-        argv = [str(VENV_BIN / "vclient"), "run", "--node-id", str(i), "--server", ref.address,
-                "--key-file", ref.key_file, "--mount", str(d / f"node{i}"),
-                "--control", str(d / f"node{i}.sock"), "--cluster-id", cluster_id,
-                "--coordinator", "dg/coord", "--pause-timeout", str(args.pause_timeout),
-                "--hb-timeout", str(args.hb_timeout)]
-        for link, p in enumerate(ports[i]):
-            argv += ["--heartbeat", f"{host(link)}:{p}"]
+        argv = (net.enter(i) if net else []) + [
+            str(VENV_BIN / "vclient"), "run", "--node-id", str(i), "--server", ref.address,
+            "--key-file", ref.key_file, "--mount", str(d / f"node{i}"),
+            "--control", str(d / f"node{i}.sock"), "--cluster-id", st["cluster_id"],
+            "--coordinator", "dg/coord", "--pause-timeout", str(args.pause_timeout),
+            "--hb-timeout", str(args.hb_timeout)] + list(args.node_arg)
+        for addr in links[i]:
+            argv += ["--heartbeat", addr]
         for j in range(1, n + 1):
             if j != i:
-                argv += ["--peer", f"{j}=" + ",".join(f"{host(link)}:{p}" for link, p in enumerate(ports[j]))]
+                argv += ["--peer", f"{j}=" + ",".join(links[j])]
         mode = "ex" if args.failover and i == 1 else "rw"
         if not args.failover or i == 1:
             argv += ["--attach", f"dg/data:{mode}"]
         node = {"argv": argv, "mount": str(d / f"node{i}"), "control": str(d / f"node{i}.sock"),
-                "log": str(d / f"node{i}.log"), "ports": ports[i],
-                "heartbeat": [f"{host(link)}:{p}" for link, p in enumerate(ports[i])],
+                "log": str(d / f"node{i}.log"), "heartbeat": links[i],
+                "ports": [int(a.rsplit(":", 1)[1]) for a in links[i]],
                 "file": str(d / f"node{i}" / "dg" / "data"), "bindfs": {}}
+        if net is not None:
+            node["netns"] = net.netns(i)
+            node["ips"] = [net.node_ip(i, link) for link in range(args.links)]
+            node["disk_devices"] = net.loops[str(i)]
+            for name, dev in net.loops[str(i)].items():
+                node["argv"] += ["--disk-path", f"{name}={dev}"]
         if args.disk_paths:
             for name, path in st["disks"].items():
                 m = d / "paths" / f"node{i}" / name
@@ -212,9 +260,28 @@ def cmd_up(args) -> int:
         st["nodes"][str(i)] = node
         save(d, st)
     start_nodes(d, st, [str(i) for i in range(1, n + 1)])
-    if not args.quiet:
-        print_summary(st)
-    return 0
+
+
+def partition(st: dict, side_a: list[str], side_b: list[str]) -> None:
+    """Cut every heartbeat link between the two node sets."""
+    for n in side_a + side_b:
+        if n not in st["nodes"]:
+            raise SystemExit(f"cluster: no node {n}")
+    if set(side_a) & set(side_b):
+        raise SystemExit("cluster: a node cannot be on both sides")
+    if st.get("hosts"):
+        HostsNet.from_json(st["hosts"]).partition(st["nft_table"], [int(n) for n in side_a],
+                                                  [int(n) for n in side_b])
+    else:
+        ports = lambda side: [p for n in side for p in st["nodes"][n]["ports"]]  # noqa: E731
+        Nft(st["nft_table"]).drop_between(ports(side_a), ports(side_b))
+
+
+def heal(st: dict) -> None:
+    if st.get("hosts"):
+        HostsNet.from_json(st["hosts"]).heal(st["nft_table"])
+    else:
+        Nft(st["nft_table"]).remove()
 
 
 def print_summary(st: dict) -> None:
@@ -227,22 +294,29 @@ def print_summary(st: dict) -> None:
     print(f"vclient status --control {st['nodes']['1']['control']}      tools/cluster down --dir {st['dir']}")
 
 
+STATUS_TIMEOUT = 2.0          # a stopped or stalled node does not answer
+
+
 def node_status(n: dict) -> dict | None:
-    cp = subprocess.run([str(VENV_BIN / "vclient"), "status", "--json", "--control", n["control"]],
-                        capture_output=True, text=True, timeout=10)
+    """A node's ``vclient status``; None if it is not running, an error entry if
+    it does not answer in time."""
+    if not alive(n.get("pid")):
+        return None
+    try:
+        cp = subprocess.run([str(VENV_BIN / "vclient"), "status", "--json", "--control", n["control"]],
+                            capture_output=True, text=True, timeout=STATUS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"error": "not answering (stopped or stalled?)"}
     return json.loads(cp.stdout) if cp.returncode == 0 else None
 
 
 def cmd_status(args) -> int:
     d = Path(args.dir).resolve()
     st = load(d)
-    out = {}
-    for i, n in sorted(st["nodes"].items(), key=lambda kv: int(kv[0])):
-        try:
-            s = node_status(n) if alive(n.get("pid")) else None
-        except subprocess.TimeoutExpired:
-            s = {"error": "not answering (stopped?)"}
-        out[i] = s
+    nodes = sorted(st["nodes"].items(), key=lambda kv: int(kv[0]))
+    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:     # one stalled node
+        answers = list(pool.map(node_status, [n for _, n in nodes]))   # costs one timeout
+    out = dict(zip([i for i, _ in nodes], answers))
     if args.json:
         print(json.dumps({"cluster": st, "nodes": out}, indent=2))
         return 0
@@ -260,7 +334,7 @@ def cmd_status(args) -> int:
 
 
 def down(d: Path, st: dict, quiet: bool = False) -> None:
-    subprocess.run(["nft", "delete", "table", "inet", st["nft_table"]], capture_output=True)
+    heal(st)
     for pidfile in d.glob("stall-*.pid"):          # tools/fault/stall's strace
         try:
             stop_pid(int(pidfile.read_text()))
@@ -274,8 +348,15 @@ def down(d: Path, st: dict, quiet: bool = False) -> None:
             stop_pid(b.get("pid"))
             force_unmount(b["mount"])
     stop_pid(st.get("server", {}).get("pid"))
+    if st.get("hosts"):
+        net = HostsNet.from_json(st["hosts"])
+        net.destroy()
+        st["hosts"] = net.to_json()
+        if state_path(d).exists():
+            save(d, st)
     if not quiet:
-        print(f"cluster in {d} stopped; nftables table {st['nft_table']} removed")
+        extra = "; namespaces, interfaces and loop devices removed" if st.get("hosts") else ""
+        print(f"cluster in {d} stopped; nftables table {st['nft_table']} removed{extra}")
 
 
 def cmd_down(args) -> int:
@@ -293,12 +374,17 @@ def main() -> int:
     for p in [up] + [sub.add_parser(c, help=h) for c, h in (
             ("down", "stop everything this tool started"),
             ("status", "show every node's view"),
+            ("partition", "cut the heartbeats between two node sets, e.g. 1,2 3"),
+            ("heal", "remove every cut"),
             ("start-node", "(re)start one node"), ("start-server", "(re)start the server"))]:
         p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where it lives (default {DEFAULT_DIR})")
         if p.prog.endswith("status"):
             p.add_argument("--json", action="store_true")
         if p.prog.endswith("start-node"):
             p.add_argument("node", metavar="ID")
+        if p.prog.endswith("partition"):
+            p.add_argument("side_a", metavar="A")
+            p.add_argument("side_b", metavar="B")
     up.add_argument("--links", type=int, default=1, choices=[1, 2], help="heartbeat links per node")
     up.add_argument("--disks", type=int, default=2, help="backing images (default 2)")
     up.add_argument("--disk-size", default="128M")
@@ -311,6 +397,12 @@ def main() -> int:
     up.add_argument("--lease", type=float, default=4.0)
     up.add_argument("--pause-timeout", type=float, default=30.0)
     up.add_argument("--hb-timeout", type=float, default=1.25)
+    up.add_argument("--hosts", action="store_true",
+                    help="every node in its own network namespace on its own loop devices over "
+                         "the images, as hosts on a SAN (tools/hostsnet.py)")
+    up.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                    help="an extra vclient argument for every node (repeat; e.g. "
+                         "--node-arg=--watchdog-slack --node-arg=0.3)")
     up.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     if args.cmd == "up":
@@ -321,6 +413,15 @@ def main() -> int:
         return cmd_status(args)
     d = Path(args.dir).resolve()
     st = load(d)
+    if args.cmd == "partition":
+        partition(st, args.side_a.split(","), args.side_b.split(","))
+        print(f"partitioned {{{args.side_a}}} | {{{args.side_b}}} (nft table {st['nft_table']}"
+              + (", in every node namespace)" if st.get("hosts") else ")"))
+        return 0
+    if args.cmd == "heal":
+        heal(st)
+        print(f"healed (nft table {st['nft_table']} removed)")
+        return 0
     if args.cmd == "start-server":
         if alive(st["server"].get("pid")):
             raise SystemExit(f"cluster: the server is running (pid {st['server']['pid']})")

@@ -11,13 +11,16 @@ err errno`` (sequence numbers start at the start time in microseconds), and with
 ``--fsync-every N`` a line ``time seq slot acked`` for every record made durable
 by a successful fsync. The node's incarnation and membership generation come
 from its vclient control socket (``--control``), refreshed twice a second.
-Runs until SIGTERM/SIGINT or ``--duration``. Lives in its own process: a test
-holding an open FUSE file would hang in every fork while that daemon is stopped.
+Runs until SIGTERM/SIGINT or ``--duration``; with ``--once`` it writes every slot
+once, fsyncs and exits (a survivor taking over a fenced node's slots: tools/check).
+Lives in its own process: a test holding an open FUSE file would hang in every
+fork while that daemon is stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import mmap
 import os
@@ -112,6 +115,9 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.01, help="pause between writes (s)")
     ap.add_argument("--fsync-every", type=int, default=0, help="fsync after every N writes")
     ap.add_argument("--duration", type=float, default=0, help="stop after this long (0: run)")
+    ap.add_argument("--once", action="store_true",
+                    help="write every slot once, fsync, exit (status 1 if any write or the "
+                         "fsync failed)")
     args = ap.parse_args()
     slots = parse_slots(args.slots)
     stop = threading.Event()
@@ -129,8 +135,11 @@ def main() -> int:
         # growing across writer restarts on one machine (the checker relies on it).
         seq = time.time_ns() // 1000
         print(f"{time.time():.6f} start node={args.node} seq={seq}", file=log)
-        while not stop.is_set() and time.monotonic() < end:
-            slot = slots[seq % len(slots)]
+        failed = 0
+        for n in range(len(slots)) if args.once else itertools.count():
+            if stop.is_set() or time.monotonic() >= end:
+                break
+            slot = slots[n] if args.once else slots[seq % len(slots)]
             issued = time.time()
             buf.seek(0)
             buf.write(encode(args.node, ident.incarnation, ident.generation, seq, issued))
@@ -140,7 +149,10 @@ def main() -> int:
                 unsynced.append((seq, slot))
             except OSError as exc:
                 print(f"{time.time():.6f} {seq} {slot} err {exc.errno}", file=log)
+                failed += 1
             seq += 1
+            if args.once:
+                continue
             if args.fsync_every and len(unsynced) >= args.fsync_every:
                 try:
                     os.fsync(fd)
@@ -152,9 +164,18 @@ def main() -> int:
                 unsynced.clear()
             if args.interval:
                 time.sleep(args.interval)
+        if args.once:
+            try:
+                os.fsync(fd)
+                now = time.time()
+                for s, sl in unsynced:
+                    print(f"{now:.6f} {s} {sl} acked", file=log)
+            except OSError as exc:
+                print(f"{time.time():.6f} - - fsync-err {exc.errno}", file=log)
+                failed += 1
         print(f"{time.time():.6f} stop", file=log)
     os.close(fd)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -23,13 +23,4 @@ node_field() {   # node_field ID FIELD
     echo "$v"
 }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
-nodes_ports() {  # nodes_ports 1,2 -> "p1, p2"
-    local ids=$1 out=() id
-    IFS=, read -ra list <<< "$ids"
-    for id in "${list[@]}"; do
-        while read -r p; do out+=("$p"); done < <(q --arg n "$id" '.nodes[$n].ports[]? // empty')
-        [ -n "$(q --arg n "$id" '.nodes[$n] // empty')" ] || die "no node $id in $STATE"
-    done
-    local IFS=,; echo "${out[*]}"
-}
 VCTL() { FENCEVOL_SERVER=$(q .server.address) FENCEVOL_KEY_FILE=$(q .server.key_file) "$ROOT/.venv/bin/vctl" "$@"; }
