@@ -36,7 +36,7 @@ import os
 import select
 import stat
 import time
-from typing import Callable
+from typing import Protocol
 
 import pyfuse3
 import trio
@@ -66,6 +66,24 @@ def find_fuse_fd() -> int | None:
     return found[0] if len(found) == 1 else None
 
 
+class Completions(Protocol):
+    """What the fast wait needs from the I/O engine requests wait on."""
+
+    efd: int            # readable when some I/O completed
+    inflight: int       # requests submitted and not completed
+    waking: int         # requests completed whose tasks have not run yet
+
+    def complete(self) -> None:
+        """Hand completed I/O back to its tasks."""
+
+
+class _NoIO:
+    efd, inflight, waking = -1, 0, 0
+
+    def complete(self) -> None:
+        pass
+
+
 class FastWait:
     """Stands in for ``pyfuse3._wait_fuse_readable``: True when a request can be read
     now, False when the loop should end.
@@ -77,18 +95,18 @@ class FastWait:
     is not visible to this replacement), so handing the reader role to one waiter at
     a time keeps every reader on the fast path instead of queueing them all to park.
 
-    ``wakeup`` is ``(fd, callback, pending)``: a descriptor that becomes readable
-    when work finished elsewhere (the client's direct I/O), the callback that hands
-    that work back to its tasks, and a function counting the tasks handed work that
-    have not run yet. The descriptor is watched in the same ``select``, so a
-    completion is delivered at once; the reader never lingers while such a task
-    waits to run (its reply may be what the next request waits for)."""
+    ``io`` (see ``Completions``) is where requests wait for their device I/O. Its
+    descriptor is watched in the same ``select``, so a completion is delivered at
+    once; the reader never lingers while a request whose I/O finished waits to run
+    (its reply may be what the next request waits for), and spins before sleeping
+    only while no I/O is in flight (then the next request is all it waits for, and
+    the CPU is not needed by anyone else)."""
 
-    def __init__(self, fd: int, wakeup: tuple[int, Callable[[], None], Callable[[], int]] | None = None):
+    def __init__(self, fd: int, io: "Completions | None" = None):
         self.fd = fd
-        self.wake_fd, self.on_wake, self.pending = (
-            wakeup if wakeup is not None else (-1, None, lambda: 0))
-        self.rlist = [fd] if wakeup is None else [fd, self.wake_fd]
+        self.io = io or _NoIO()
+        self.wake_fd = self.io.efd
+        self.rlist = [fd] if io is None else [fd, self.wake_fd]
         self.lot = trio.lowlevel.ParkingLot()
         self.reading = False
         self.closing = False
@@ -113,18 +131,18 @@ class FastWait:
         while True:
             if self.closing:
                 return False
-            if self.pending():
+            if self.io.waking:
                 # Requests whose I/O completed have not replied yet: the next
                 # request may depend on their reply, so let them run first.
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 self.last_yield = time.monotonic()
                 continue
-            ready = poll(self.rlist, SPIN, LINGER)
+            ready = poll(self.rlist, 0 if self.io.inflight else SPIN, LINGER)
             if not ready:
                 break
             if ready[-1] == self.wake_fd:
                 self.wakeups += 1
-                self.on_wake()
+                self.io.complete()
                 continue
             now = time.monotonic()
             if now - self.last_yield < YIELD_INTERVAL:
@@ -144,9 +162,9 @@ class FastWait:
 _installed: FastWait | None = None
 
 
-def install(wakeup: tuple[int, Callable[[], None], Callable[[], int]] | None = None) -> FastWait | None:
+def install(io: "Completions | None" = None) -> FastWait | None:
     """Swap in the fast wait (after ``pyfuse3.init``); None when it does not apply.
-    ``wakeup``: see ``FastWait``."""
+    ``io``: see ``FastWait``."""
     global _installed
     if os.environ.get("FENCEVOL_STOCK_FUSE_LOOP") == "1":
         log.info("FUSE requests: pyfuse3's stock loop (FENCEVOL_STOCK_FUSE_LOOP=1)")
@@ -156,10 +174,10 @@ def install(wakeup: tuple[int, Callable[[], None], Callable[[], int]] | None = N
         log.info("FUSE requests: pyfuse3's stock loop (pyfuse3 %s not tested here)", version)
         return None
     fd = find_fuse_fd()
-    if fd is None or fd >= FD_SETSIZE or (wakeup is not None and wakeup[0] >= FD_SETSIZE):
+    if fd is None or fd >= FD_SETSIZE or (io is not None and io.efd >= FD_SETSIZE):
         log.warning("FUSE requests: pyfuse3's stock loop (no usable FUSE device descriptor)")
         return None
-    _installed = FastWait(fd, wakeup)
+    _installed = FastWait(fd, io)
     pyfuse3._wait_fuse_readable = _installed
     log.info("FUSE requests: fast wait (linger %.0f µs)", LINGER * 1e6)
     return _installed

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import subprocess
-from typing import Callable
 
 import pyfuse3
 
@@ -76,11 +75,11 @@ class Mount:
     """One FUSE mount per process (pyfuse3 keeps module-level state)."""
 
     def __init__(self, fs: VolumeFS, path: str, max_tasks: int = 99,
-                 wakeup: tuple[int, Callable[[], None], Callable[[], int]] | None = None):
+                 io: fastwait.Completions | None = None):
         self.fs = fs
         self.path = path          # already resolved: never stat our own mount point
         self.max_tasks = max_tasks
-        self.wakeup = wakeup      # I/O completions, see fastwait.FastWait
+        self.io = io              # where requests wait for device I/O (fastwait)
         self.mounted = False
 
     def mount(self) -> None:
@@ -93,7 +92,7 @@ class Mount:
 
     async def serve(self) -> None:
         """Run the FUSE loop until ``terminate`` or an unmount."""
-        fastwait.install(self.wakeup)
+        fastwait.install(self.io)
         await pyfuse3.main(min_tasks=2, max_tasks=self.max_tasks)
 
     def device_fd(self) -> int | None:

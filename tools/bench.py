@@ -1,11 +1,15 @@
 """fio benchmark of the fencevol data path (run through tools/bench).
 
-Every workload runs on three targets, interleaved round by round so machine noise
-hits them alike: a mounted single-extent volume (gate and extent map active), the
-raw backing image region under it, and bindfs mounted over the image directory. The
-report gives the median of the rounds and the ratios volume/bindfs and volume/raw.
-Then a 10,000-extent volume against a one-extent volume, and the client's RSS with
-8 volumes attached under fio load."""
+Every workload runs on four targets, interleaved round by round so machine noise
+hits them alike: a mounted single-extent volume (gate and extent map active, direct
+I/O through native AIO to the image), the raw image region under it read and
+written with O_DIRECT (the physical limit of this path, and the reference for the
+targets), the same region buffered (the page cache), and bindfs mounted over the
+image directory (a C FUSE passthrough, buffered underneath). The report gives the
+median of the rounds, the ratio volume / raw O_DIRECT, the client's CPU time per
+request and the most FUSE requests it had in flight at once (sampled). Then a
+10,000-extent volume against a one-extent volume, the client's RSS with 8 volumes
+attached under fio load, and the fencing latencies."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from harness import Client, Server, force_unmount, mounted, vctl, vctl_json, wai
 
 MiB = 1 << 20
 WORKLOADS = [
-    # name, rw, bs, numjobs, target (volume/bindfs)
+    # name, rw, bs, numjobs, target (volume / raw O_DIRECT)
     ("4k randread 1 job", "randread", "4k", 1, 0.6),
     ("4k randread 4 jobs", "randread", "4k", 4, 0.6),
     ("4k randwrite 1 job", "randwrite", "4k", 1, 0.6),
@@ -58,6 +62,54 @@ def fio(filename: str, rw: str, bs: str, numjobs: int, size: int, offset: int, r
     job = json.loads(cp.stdout[cp.stdout.index("{"):])["jobs"][0]
     side = job["read"] if "read" in rw else job["write"]
     return {"iops": side["iops"], "mibs": side["bw_bytes"] / MiB}
+
+
+def fuse_connection(mount: Path) -> Path | None:
+    """The /sys/fs/fuse/connections entry of a mount (its device number); mounts
+    fusectl there if needed."""
+    base = Path("/sys/fs/fuse/connections")
+    if not os.path.ismount(base):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(base)], capture_output=True)
+    path = base / str(os.minor(os.stat(mount).st_dev))
+    return path if path.exists() else None
+
+
+class ClientLoad:
+    """While a fio run lasts: the client's CPU time per request it served, and the
+    most FUSE requests it had waiting at once (sampled every millisecond)."""
+
+    def __init__(self, client, conn: Path | None):
+        self.client = client
+        self.conn = conn
+        self.max_waiting = 0
+        self.cpu_per_request = 0.0
+        self._stop = threading.Event()
+
+    def _cpu(self) -> float:
+        f = open(f"/proc/{self.client.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            try:
+                self.max_waiting = max(self.max_waiting, int((self.conn / "waiting").read_text()))
+            except (OSError, ValueError):
+                return
+
+    def __enter__(self):
+        self.cpu0, self.req0 = self._cpu(), self.client.status()["io"]["requests"]
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        if self.conn is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.conn is not None:
+            self.thread.join()
+        served = self.client.status()["io"]["requests"] - self.req0
+        self.cpu_per_request = (self._cpu() - self.cpu0) / max(served, 1) * 1e6
+        return False
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -128,8 +180,9 @@ def main() -> int:
             bind_file = str(via / Path(image).name)
             # Fill the region once so reads see real data.
             fio(image, "write", "1M", 1, size, offset, 0, False)
-            targets = {"volume": (vol_file, 0, True), "bindfs": (bind_file, offset, True),
-                       "raw": (image, offset, False)}
+            targets = {"volume": (vol_file, 0, True), "direct": (image, offset, True),
+                       "bindfs": (bind_file, offset, True), "raw": (image, offset, False)}
+            fuse_conn = fuse_connection(c.mount)
             if args.stock_loop:
                 stock = Client(server, 4, work, "bench/one", env={"FENCEVOL_STOCK_FUSE_LOOP": "1"})
                 clients.append(stock)
@@ -138,16 +191,26 @@ def main() -> int:
             table = {}
             for name, rw, bs, jobs, target in WORKLOADS:
                 runs: dict[str, list] = {t: [] for t in targets}
+                cost, inflight = [], 0
                 for r in range(args.rounds):
                     for t in rotated(list(targets), r):
                         f, off, direct = targets[t]
-                        runs[t].append(fio(f, rw, bs, jobs, size, off, args.runtime, direct))
+                        if t == "volume":
+                            with ClientLoad(c, fuse_conn) as load:
+                                runs[t].append(fio(f, rw, bs, jobs, size, off, args.runtime, direct))
+                            cost.append(load.cpu_per_request)
+                            inflight = max(inflight, load.max_waiting)
+                        else:
+                            runs[t].append(fio(f, rw, bs, jobs, size, off, args.runtime, direct))
                 med = {t: median_of(v) for t, v in runs.items()}
                 med["target"] = target
+                med["cpu_us"] = statistics.median(cost)
+                med["fuse_inflight"] = inflight
                 table[name] = med
                 print(f"{name:22s} volume {med['volume']['iops']:9.0f} IOPS {med['volume']['mibs']:8.1f} MiB/s"
+                      f"   vs O_DIRECT {med['volume']['iops'] / med['direct']['iops']:.2f}x"
                       f"   vs bindfs {med['volume']['iops'] / med['bindfs']['iops']:.2f}x"
-                      f"   vs raw {med['volume']['iops'] / med['raw']['iops']:.2f}x"
+                      f"   client {med['cpu_us']:.0f} us CPU/request, <= {inflight} in flight"
                       + (f"   vs stock loop {med['volume']['iops'] / med['stock']['iops']:.2f}x"
                          if "stock" in med else ""), file=sys.stderr)
             results["paths"] = table
@@ -268,26 +331,31 @@ def main() -> int:
 def render(res: dict) -> str:
     out = [f"### {res['date']} — {res['machine']}", "",
            f"fio psync, iodepth 1, {res['runtime']:g} s per run, median of {res['rounds']} "
-           "interleaved rounds (order rotated each round, `sync` before every run). volume: FUSE file of a one-extent concat volume (gate and "
-           "map active), O_DIRECT; bindfs: same image through bindfs, O_DIRECT; raw: the "
-           "image region, buffered (all three end in the host page cache).", ""]
+           "interleaved rounds (order rotated each round, `sync` before every run). volume: "
+           "FUSE file of a one-extent concat volume (gate and map active), fio O_DIRECT, the "
+           "client doing direct I/O through native AIO; O_DIRECT: fio O_DIRECT on the image "
+           "region (the reference for the targets); bindfs: the image through bindfs, fio "
+           "O_DIRECT on the FUSE file, buffered below; raw: the image region, buffered. "
+           "CPU: the client's CPU time per request served; in flight: the most FUSE requests "
+           "the client had at once (sampled).", ""]
     if "paths" in res:
         stock = any("stock" in med for med in res["paths"].values())
         extra = (" stock loop IOPS | volume/stock |", "---:|---:|") if stock else ("", "")
         if stock:
             out += ["stock loop: a second client serving the same volume with pyfuse3's own "
                     "request loop (`FENCEVOL_STOCK_FUSE_LOOP=1`), interleaved with the others.", ""]
-        out += ["| workload | volume IOPS | volume MiB/s | bindfs IOPS | raw IOPS |" + extra[0]
-                + " volume/bindfs | volume/raw | target |",
-                "|---|---:|---:|---:|---:|" + extra[1] + "---:|---:|---|"]
+        out += ["| workload | volume IOPS | volume MiB/s | O_DIRECT IOPS | bindfs IOPS | raw IOPS |"
+                + extra[0] + " volume/O_DIRECT | volume/bindfs | client CPU/req | in flight | target |",
+                "|---|---:|---:|---:|---:|---:|" + extra[1] + "---:|---:|---:|---:|---|"]
         for name, med in res["paths"].items():
-            v, b, r = med["volume"], med["bindfs"], med["raw"]
-            ratio = v["iops"] / b["iops"]
+            v, dr, b, r = med["volume"], med["direct"], med["bindfs"], med["raw"]
+            ratio = v["iops"] / dr["iops"]
             verdict = "met" if ratio >= med["target"] else "MISSED"
             ref = (f" {med['stock']['iops']:.0f} | {v['iops'] / med['stock']['iops']:.2f}x |"
                    if "stock" in med else "")
-            out.append(f"| {name} | {v['iops']:.0f} | {v['mibs']:.1f} | {b['iops']:.0f} | {r['iops']:.0f} |"
-                       f"{ref} {ratio:.2f}x | {v['iops'] / r['iops']:.2f}x | ≥ {med['target']:g}x: {verdict} |")
+            out.append(f"| {name} | {v['iops']:.0f} | {v['mibs']:.1f} | {dr['iops']:.0f} | {b['iops']:.0f} | "
+                       f"{r['iops']:.0f} |{ref} {ratio:.2f}x | {v['iops'] / b['iops']:.2f}x | "
+                       f"{med['cpu_us']:.0f} µs | {med['fuse_inflight']} | ≥ {med['target']:g}x: {verdict} |")
         out.append("")
     if "extents" in res:
         e = res["extents"]

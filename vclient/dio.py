@@ -274,10 +274,6 @@ class DirectIO:
         if len(self._slot_waiters):
             self._slot_waiters.unpark_all()
 
-    def pending(self) -> int:
-        """Requests that completed but whose tasks have not run yet."""
-        return self.waking
-
     async def pump(self) -> None:
         """Deliver completions whenever the eventfd fires (the FUSE fast wait also
         delivers them while it sits in ``select``)."""

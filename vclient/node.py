@@ -132,8 +132,7 @@ class Node:
                 for name, mode in self.opts.attach:
                     await self.attach(name, mode)
                 self.mount = Mount(VolumeFS(self), self.opts.mount, self.opts.max_tasks,
-                                   wakeup=(self.dio.efd, self.dio.complete,
-                                           self.dio.pending))
+                                   io=self.dio)
                 self.mount.mount()
                 fuse_fd = self.mount.device_fd()
                 if fuse_fd is not None:
