@@ -49,6 +49,9 @@ from harness import (  # noqa: E402
 )
 from hostsnet import HostsNet  # noqa: E402
 
+from fencevol.errors import Unavailable  # noqa: E402
+from vclient import control  # noqa: E402
+
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cluster"
 HOSTS_HB_PORT = 7790          # every node namespace has its own ports
 
@@ -298,16 +301,14 @@ STATUS_TIMEOUT = 2.0          # a stopped or stalled node does not answer
 
 
 def node_status(n: dict) -> dict | None:
-    """A node's ``vclient status``; None if it is not running, an error entry if
-    it does not answer in time."""
+    """A node's status (its control socket, asked directly: no process to start);
+    None if it is not running, an error entry if it does not answer in time."""
     if not alive(n.get("pid")):
         return None
     try:
-        cp = subprocess.run([str(VENV_BIN / "vclient"), "status", "--json", "--control", n["control"]],
-                            capture_output=True, text=True, timeout=STATUS_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return {"error": "not answering (stopped or stalled?)"}
-    return json.loads(cp.stdout) if cp.returncode == 0 else None
+        return control.request(n["control"], "status", timeout=STATUS_TIMEOUT)
+    except Unavailable as exc:
+        return {"error": f"not answering (stopped or stalled?): {exc}"}
 
 
 def cmd_status(args) -> int:

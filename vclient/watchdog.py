@@ -57,8 +57,9 @@ DEFAULT_SLACK = 0.5
 START_TIMEOUT = 10.0
 STALE_TICKS = 10                     # the agent pauses writes when the watchdog is this late
 
-# Words of the shared page (int64, CLOCK_BOOTTIME nanoseconds for times).
-W_MAGIC, W_PID, W_PING, W_BUDGET, W_TICK, W_STATE, W_KILLS, W_SLOTS = range(8)
+# Words of the shared page (int64, CLOCK_BOOTTIME nanoseconds for times). W_WORST:
+# the longest time without a ping the watchdog has seen (how close it came).
+W_MAGIC, W_PID, W_PING, W_BUDGET, W_TICK, W_STATE, W_KILLS, W_SLOTS, W_WORST = range(9)
 HEADER_WORDS = 16
 MAX_SLOTS = 256
 SLOT_WORDS = 2                       # inflight writes, lease end
@@ -269,6 +270,7 @@ class Watchdog:
                     self.words[W_STATE], "?"),
                 "budget": self.budget, "slack": self.slack, "tick": TICK, "ping": PING,
                 "ping_age": round((now - self.words[W_PING]) / 1e9, 3),
+                "worst_ping_gap": round(self.words[W_WORST] / 1e9, 3),
                 "tick_age": round((now - self.words[W_TICK]) / 1e9, 3) if self.words[W_TICK] else None,
                 "slots_in_use": len(self._used), "starts": self.starts,
                 "hw_device": self.hw_device or None, "down": self.down_reason or None}

@@ -39,7 +39,9 @@ from .watchdog import (
     W_MAGIC,
     W_PID,
     W_STATE,
+    W_PING,
     W_TICK,
+    W_WORST,
     decide,
     snapshot,
 )
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if state == DISARMED:
             log.info("disarmed by vclient node %d; exiting", args.node_id)
             break
+        if state == ARMED and now - words[W_PING] > words[W_WORST]:
+            words[W_WORST] = now - words[W_PING]
         reason = decide(snapshot(words), now) if state == ARMED else None
         if reason:
             words[W_KILLS] += 1
