@@ -5,24 +5,25 @@ pyfuse3 (3.5) takes every request through a ``trio.Lock`` and
 ``epoll_ctl`` and an ``epoll_wait`` per request. With several fio jobs that was most
 of the client's CPU per 4 KiB read, and the client saturated one core at 0.44x bindfs.
 
-Here the worker whose turn it is to read first waits on the device itself with
-``select(2)`` for up to ``LINGER`` seconds, without leaving the event loop. A request
-that is already queued, or arrives within that window, is taken at once; otherwise
-the worker parks the way pyfuse3 does (in trio's ``wait_readable``). Direct
-writes to one FUSE file are serialized by the kernel (one in flight; libfuse 3.14
-cannot set FOPEN_PARALLEL_DIRECT_WRITES), so the next write arrives some tens of µs
-after the previous reply: sleeping in ``select`` right away frees the CPU for the
-writer instead of spending it on a scheduler round. Measured figures are in
-docs/BENCHMARKS.md.
+Here the worker whose turn it is to read first waits on the device itself -- polling
+for up to ``SPIN`` seconds while no I/O is in flight, then in ``select(2)`` for up to
+``LINGER`` -- without leaving the event loop. A request that is already queued, or
+arrives within that window, is taken at once; otherwise the worker parks the way
+pyfuse3 does (in trio's ``wait_readable``). On this VM waking a sleeping thread costs
+tens of µs, and the next request of an application doing one I/O at a time arrives
+a FUSE round trip after the previous reply: polling that long keeps the thread
+awake for it. Measured figures are in docs/BENCHMARKS.md.
 
 Rules that keep this correct:
 
 - one reader at a time: a worker must never read while another is parked in
   ``wait_readable`` (that worker would wake to an empty device and block the whole
   process in ``read``);
+- never linger while a request whose I/O completed waits to run: its reply may be
+  what the next request waits for;
 - yield to the scheduler at least every ``YIELD_INTERVAL`` seconds, so heartbeats,
-  renewals and the control socket keep running under a saturating load; ``LINGER``
-  bounds how long one wait can hold the loop.
+  renewals and the control socket keep running under a saturating load; ``SPIN``
+  plus ``LINGER`` bounds how long one wait can hold the loop.
 
 pyfuse3 looks the function up in its module globals on every call, which is what
 makes the replacement possible. It is installed only for the pyfuse3 versions it was
