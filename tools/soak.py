@@ -100,7 +100,7 @@ def main() -> int:
             fio[n] = None
     sh(TOOLS / "cluster", "down", "--dir", d)
     result.update(watchdog_kills=kills, ejections=ejections, races=races, generations=generations,
-                  slowest_ping_seen=worst_ping, fio=fio)
+                  longest_without_ping=worst_ping, fio=fio)
     ok = (not any(kills.values()) and not any(ejections.values()) and not any(races.values())
           and all(a == b for a, b in generations.values()) and all(fio.values())
           and not any(f["errors"] for f in fio.values()))

@@ -367,8 +367,9 @@ def test_majority_survives_a_minority_partition(make_cluster):
 
 def test_saturated_data_path_keeps_heartbeats(make_cluster):
     """Four fio jobs keep node 1's FUSE loop busy for four heartbeat timeouts. The
-    request loop must still yield to heartbeats and renewals: no peer is lost, nobody
-    races, and the requests went through the fast wait (fuse_fs.fastwait)."""
+    request loop must still yield to heartbeats, renewals and watchdog pings: no peer
+    is lost, nobody races, the watchdog never came close to its budget, and the
+    requests went through the fast wait (fuse_fs.fastwait)."""
     c = make_cluster(2)
     start_members(c, (1, 2), "dg/data")
     before = {i: c.cluster_state(i)["generation"] for i in (1, 2)}
@@ -383,8 +384,12 @@ def test_saturated_data_path_keeps_heartbeats(make_cluster):
         st = c.cluster_state(i)
         assert st["state"] == "member" and st["members"] == [1, 2], st
         assert st["generation"] == before[i] and st["races"] == 0, st
-    fuse = c.nodes[1].status()["fuse"]
+    status = c.nodes[1].status()
+    fuse, wd = status["fuse"], status["watchdog"]
     assert fuse["loop"] == "fast" and fuse["fast_requests"] > 1000, fuse
+    # The watchdog saw the busy agent keep pinging well within its budget.
+    assert wd["state"] == "armed" and wd["worst_ping_gap"] < wd["budget"] / 2, wd
+    assert "killing vclient" not in c.nodes[1].log_text()
 
 
 def test_one_redundant_link_lost_is_not_a_partition(make_cluster):
