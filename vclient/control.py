@@ -114,6 +114,8 @@ def request(path: str, op: str, args: dict | None = None, timeout: float = 60.0)
             buf += data
     except pysocket.timeout:
         raise Unavailable(f"vclient at {path} did not answer within {timeout:g}s") from None
+    except OSError as exc:          # it went away mid-request (killed, say)
+        raise Unavailable(f"vclient at {path} went away: {exc.strerror or exc}") from None
     finally:
         s.close()
     reply = json.loads(buf.split(b"\n", 1)[0])

@@ -52,3 +52,33 @@ def test_limits_and_garbage():
     dec.feed(b"FV\x09" + bytes(17))
     with pytest.raises(ProtocolError, match="version 9"):
         dec.next_frame()
+
+
+def test_control_request_to_a_vclient_that_goes_away_is_unavailable(tmp_path):
+    """A node killed while answering `vclient status` gives a one-line error, not a
+    traceback (tools/cluster status met a ConnectionResetError this way)."""
+    import socket
+    import threading
+
+    from fencevol.errors import Unavailable
+    from vclient import control
+
+    path = str(tmp_path / "c.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def reset():
+        conn, _ = srv.accept()
+        conn.recv(1, socket.MSG_PEEK)   # the request has arrived, and stays unread
+        conn.close()                    # closing with unread data resets the peer
+
+    t = threading.Thread(target=reset)
+    t.start()
+    try:
+        import pytest
+        with pytest.raises(Unavailable, match="went away"):
+            control.request(path, "status", timeout=5)
+    finally:
+        t.join()
+        srv.close()
