@@ -32,6 +32,7 @@ its directory (logs, cluster.json, images) and prints the command replaying it.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import random
@@ -67,6 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
 FAULTS = ("partition", "pause", "partition-pause-racer", "kill", "server-restart", "stall")
 SLOTS_PER_NODE = 64
+MOUNT_GONE = {errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV}   # its node was killed
 
 
 class TrialFailed(Exception):
@@ -348,6 +350,12 @@ class Trial:
             text = log.read_text(errors="replace") if log.exists() else ""
             if "Traceback" in text or "internal error" in text:
                 self.violations.append(f"(d) {log.name} has a traceback")
+        for n, ws in self.writers.items():
+            for w in ws:
+                for t, _, _, _, err in w.fsync_errors():
+                    if err not in MOUNT_GONE:
+                        self.violations.append(f"(d) node {n}'s writer: fsync failed with errno {err} "
+                                               f"({os.strerror(err)}) while its mount was up")
 
     def read_plexes(self) -> list[dict[int, Record | None]]:
         """Every slot of dg/data, per plex, read from the images with direct I/O."""

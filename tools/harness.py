@@ -456,7 +456,9 @@ def partition_resolved(clusters: dict) -> list | None:
 
 
 def parse_writer_log(path: Path) -> list[tuple]:
-    """tools/writer.py's log: (time, seq, slot, outcome, errno or issue time)."""
+    """tools/writer.py's log: (time, seq, slot, outcome, errno or issue time), with
+    outcome "ok", "err", "acked" or "fsync-err" (seq and slot -1: an fsync failed,
+    the writes since the last good one are not acknowledged)."""
     out = []
     path = Path(path)
     if not path.exists():
@@ -467,6 +469,8 @@ def parse_writer_log(path: Path) -> list[tuple]:
             extra = p[4] if len(p) > 4 else "0"
             out.append((float(p[0]), int(p[1]), int(p[2]), p[3],
                         float(extra) if p[3] == "ok" else int(extra)))
+        elif len(p) == 5 and p[3] == "fsync-err":
+            out.append((float(p[0]), -1, -1, "fsync-err", int(p[4])))
     return out
 
 
@@ -490,6 +494,9 @@ class WriterProc:
 
     def oks_after(self, t: float) -> list[tuple]:
         return [e for e in self.entries() if e[3] == "ok" and e[0] >= t]
+
+    def fsync_errors(self) -> list[tuple]:
+        return [e for e in self.entries() if e[3] == "fsync-err"]
 
     def errors_after(self, t: float) -> list[tuple]:
         return [e for e in self.entries() if e[3] == "err" and e[0] >= t]

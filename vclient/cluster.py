@@ -325,6 +325,9 @@ class FenceDriver:
         self.stats.races += 1
         self._announce()
         if 2 * len(sub) < len(self.members):
+            log.warning("node %d races for a minority (%d of %d members): starting %gs late so "
+                        "that a larger side wins", self.me, len(sub), len(self.members),
+                        self.opts.minority_delay)
             await trio.sleep(self.opts.minority_delay)    # the larger side gets a head start
         deadline = trio.current_time() + self.opts.race_timeout
         try:

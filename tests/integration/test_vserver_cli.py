@@ -3,11 +3,15 @@
 import hashlib
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
-from harness import Server, vctl, vctl_json
+import trio
+from harness import VENV_BIN, Server, vctl, vctl_json, wait_for
 
 from fencevol import ondisk
 
@@ -53,6 +57,49 @@ def test_new_user_scenario_survives_kill_9(server, tmp_path):
     server.start(server.address)
     assert vctl(server, "vol", "list", "--json").stdout == before
     assert vctl(server, "--json", "vol", "list").stdout == before   # --json in either place
+
+
+def test_kill_9_in_the_middle_of_vol_create_leaves_a_usable_group(server, tmp_path):
+    """The server is killed after the new configuration reached the first disk and
+    before the others (strace holds its first fdatasync): after a restart the group
+    has a consistent configuration -- the volume is there or not, no damaged copy --
+    and takes changes again."""
+    make_group(server, tmp_path)
+    gen = vctl_json(server, "dg", "list")[0]["generation"]
+    log = tmp_path / "strace.log"
+    tracer = subprocess.Popen(["strace", "-qq", "-f", "-p", str(server.pid), "-e", "trace=fdatasync",
+                               "-e", "inject=fdatasync:delay_enter=30s:when=1", "-o", str(log)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    create = None
+    try:
+        status = Path(f"/proc/{server.pid}/status")
+        wait_for(lambda: "TracerPid:\t0" not in status.read_text(), 10, "strace to attach")
+        create = subprocess.Popen([str(VENV_BIN / "vctl"), "vol", "create", "dg1", "new", "32M"],
+                                  env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: log.exists() and "fdatasync(" in log.read_text(), 20,
+                 "the configuration write to stall")
+        os.kill(server.pid, signal.SIGKILL)         # it dies as soon as strace lets go of it
+    finally:
+        tracer.kill()
+        tracer.wait(10)
+    server.kill()
+    assert create is not None
+    try:
+        assert create.wait(30) != 0                 # never acknowledged
+    finally:
+        if create.poll() is None:
+            create.kill()
+        create.stdout.close()
+        create.stderr.close()
+    server.start(server.address)
+    groups = vctl_json(server, "dg", "list")
+    assert groups[0]["problems"] == [] and groups[0]["generation"] in (gen, gen + 1), groups
+    names = {v["name"] for v in vctl_json(server, "vol", "list")}
+    assert names <= {"dg1/new"}
+    vctl(server, "vol", "create", "dg1", "after", "32M")           # takes changes again
+    assert {v["name"] for v in vctl_json(server, "vol", "list")} == names | {"dg1/after"}
+    assert vctl_json(server, "dg", "list")[0]["problems"] == []
 
 
 def test_import_on_empty_state_dir(server, tmp_path):
@@ -113,19 +160,27 @@ def _raw_connect(server):
     b"FV\x01\x00" + struct.pack(">IIII", 1 << 30, 0, 0, 0),            # oversized frame
     b"FV\x01\x00" + struct.pack(">IIII", 100, 0, 0, 0) + b"{",         # truncated, then EOF
 ])
-def test_garbage_client_does_not_disturb_others(server, tmp_path, garbage):
+async def test_garbage_client_does_not_disturb_others(server, tmp_path, garbage):
+    from fencevol import auth, rpc
+    from fencevol.rpc import parse_address
     make_group(server, tmp_path, n=1, size="64M")
-    bystander = _raw_connect(server)          # a second connection open throughout
-    s = _raw_connect(server)
-    s.recv(4096)                              # the server's hello
-    s.sendall(garbage)
-    s.shutdown(socket.SHUT_WR)
-    while s.recv(4096):                       # the server closes this one connection...
-        pass
-    s.close()
-    assert vctl_json(server, "dg", "list")[0]["name"] == "dg1"   # ...and keeps serving
-    assert bystander.recv(4096).startswith(b"FV")                  # its hello still arrived
-    bystander.close()
+    # An authenticated session open throughout, used after the garbage arrived.
+    bystander = await rpc.connect(parse_address(server.address), auth.load_key_file(server.key_file),
+                                  "admin")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bystander.run)
+        s = _raw_connect(server)
+        s.recv(4096)                              # the server's hello
+        s.sendall(garbage)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(4096):                       # the server closes this one connection...
+            pass
+        s.close()
+        assert vctl_json(server, "dg", "list")[0]["name"] == "dg1"   # ...and keeps serving
+        reply, _ = await bystander.call("dg_list", {}, timeout=10)   # the old session too
+        assert reply["groups"][0]["name"] == "dg1", reply
+        await bystander.aclose()
+        nursery.cancel_scope.cancel()
     assert server.proc.poll() is None
     assert "closed:" in server.log_text() or "refused" in server.log_text()
 

@@ -140,3 +140,68 @@ def test_a_self_ejected_follower_is_removed_by_the_racer_that_wins_late():
     assert again.won and again.victims == {2} and again.new.members == {1}
     assert participants(1, frozenset({1, 2, 3}), {2: "member", 3: "racing"}) == {1, 2, 3}
     assert participants(2, frozenset({2}), {2: "ejected"}) == {2}      # never drops itself
+
+
+@st.composite
+def hearing(draw, n):
+    """Who hears whom: any directed graph (one-way cuts, non-transitive views)."""
+    return {(i, j): draw(st.booleans()) for i in range(1, n + 1) for j in range(1, n + 1) if i != j}
+
+
+def views_of(n, hears):
+    """Each node's subcluster as the heartbeats define it: itself and every peer it
+    hears that hears it too (``Heartbeats.reachable``)."""
+    return {i: frozenset({i} | {j for j in range(1, n + 1)
+                                if j != i and hears[(i, j)] and hears[(j, i)]})
+            for i in range(1, n + 1)}
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(2, 6).flatmap(lambda n: st.tuples(st.just(n), hearing(n),
+                                                    st.randoms(use_true_random=False))))
+def test_racers_with_asymmetric_views_retry_and_at_most_one_side_survives(case):
+    """Arbitrary, non-transitive views (A hears B, B hears C, C does not hear A),
+    one-way cuts, and racers interleaved at random between reading the coordinator
+    and their compare-and-swap -- the real racer re-reads and re-plans when its
+    write loses (``FenceDriver._race``). Whatever happens: the coordinator only
+    loses members, every write removes only nodes outside its writer's view, and
+    every racer that ends up a winner and still a member sees every final member."""
+    n, hears, rnd = case
+    store = ModelCoordinator(all_members(n))
+    view = views_of(n, hears)
+    start = store.m.members
+    racers = [i for i in range(1, n + 1)
+              if min(view[i]) == i and not start <= view[i]]       # lowest of a view that lost someone
+    state = {r: ("read", None) for r in racers}
+    outcome = {}
+    steps = 0
+    while state:
+        steps += 1
+        assert steps < 1000, "racers never finish"
+        r = rnd.choice(sorted(state))
+        phase, read = state[r]
+        if phase == "read":
+            m = store.m
+            res = plan_race(m, "c", r, view[r], now=steps)
+            if not res.won:
+                outcome[r] = "lost"
+                del state[r]
+            elif res.new is None:
+                outcome[r] = "won"
+                del state[r]
+            else:
+                assert res.new.members <= m.members and r in res.new.members
+                assert m.members - res.new.members == m.members - view[r]
+                state[r] = ("write", (m, res))
+        else:
+            m, res = read
+            if store.cas(m.generation, res.new):
+                outcome[r] = "won"
+                del state[r]
+            else:
+                state[r] = ("read", None)        # changed under it: judge again
+    final = store.m.members
+    assert final and final <= start
+    for r, how in outcome.items():
+        if how == "won" and r in final:
+            assert final <= view[r], (r, view[r], final)
