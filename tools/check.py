@@ -58,17 +58,29 @@ from verdicts import (  # noqa: E402
     judge,
     summarize,
     takeovers_intact,
+    writes_without_a_lease,
 )
 from writer import BLOCK, decode  # noqa: E402
 
 from fencevol import directio  # noqa: E402
-from vclient.gate import UNSAFE_SWITCH, UNSAFE_VALUE  # noqa: E402
+from vclient import selftest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
-FAULTS = ("partition", "pause", "partition-pause-racer", "kill", "server-restart", "stall")
+FAULTS = ("partition", "pause", "partition-pause-racer", "kill", "server-restart", "stall",
+          "isolate", "isolate-server")
+HOSTS_ONLY = ("isolate", "isolate-server")      # they cut one node's links to the server
 SLOTS_PER_NODE = 64
 MOUNT_GONE = {errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV}   # its node was killed
+# Self-tests: a deliberately broken build or run, and the verdict it must draw.
+SELF_TESTS = {
+    "no-gate": "(a)",            # gates let everything through (vclient/selftest.py)
+    "no-lease": "(a)",           # gates ignore lease deadlines (isolate-server, --hosts)
+    "no-watchdog": "(a)",        # a stalled write lands on a takeover
+    "lost-ack": "(b)",           # an acknowledged slot zeroed on one plex after the run
+    "split-brain": "(c)",        # losers never eject themselves
+    "dead-writer": "(d)",        # a node's writer killed mid-trial
+}
 
 
 class TrialFailed(Exception):
@@ -86,6 +98,7 @@ class Trial:
         self.writers: dict[str, list[WriterProc]] = {n: [] for n in self.nodes}
         self.takeover_logs: list[Path] = []
         self.fresh_takeovers: list[Path] = []        # taken over, lost node not back yet
+        self.server_cuts: list[tuple[int, float, float]] = []   # (node, cut, healed)
         self.violations: list[str] = []
         self.notes: list[str] = []
         self.applied: list[str] = []
@@ -94,8 +107,9 @@ class Trial:
         # history dies with its process, so it is collected as the trial goes.
         self.events: dict[str, dict[str, dict]] = {n: {} for n in self.nodes}
         self.env = dict(ENV)
-        if args.disable_gate_for_self_test:
-            self.env[UNSAFE_SWITCH] = UNSAFE_VALUE
+        breaks = {"no-gate": "no-gate", "no-lease": "no-lease", "split-brain": "never-eject"}
+        if args.self_test in breaks:
+            self.env[selftest.SWITCH] = selftest.value(breaks[args.self_test])
 
     # -- plumbing -----------------------------------------------------------------------
     def sh(self, *cmd: str, timeout: float = 120, check: bool = True) -> str:
@@ -187,7 +201,27 @@ class Trial:
         self.notes.append(f"{what}: kept {kept}; lost " + ", ".join(f"{n} ({states[n]})" for n in lost))
         self.wait(lambda: self.told_fenced({int(n) for n in lost}, t0), 40,
                   f"the survivors to be told nodes {lost} are fenced")
+        self.check_on_disk_membership(members, lost, what)
         self.fresh_takeovers = [self.take_over(n, members[0]) for n in lost]
+
+    def vctl_json(self, *args: str):
+        st = self.state["server"]
+        return json.loads(self.sh(VENV_BIN / "vctl", "--server", st["address"], "--key-file",
+                                  st["key_file"], *args, "--json"))
+
+    def check_on_disk_membership(self, members: list[str], lost: list[str], what: str) -> None:
+        """(c) from what the nodes cannot misreport: the coordinator lists exactly the
+        survivors, and no disk still honours a lost node's registration."""
+        listed = self.vctl_json("coord", "show", "dg/coord")["membership"]["members"]
+        if sorted(listed) != sorted(int(n) for n in members):
+            self.violations.append(f"(c) {what}: the coordinator lists {sorted(listed)}, the "
+                                   f"surviving nodes say {members}")
+        for d in self.vctl_json("pr", "read-keys"):
+            still = sorted({k["node"] for k in d["keys"] if k["owner"].startswith("node")
+                            and str(k["node"]) in lost})
+            if still:
+                self.violations.append(f"(c) {what}: disk {d['disk']} still honours the keys of "
+                                       f"fenced nodes {still}")
 
     def take_over(self, lost: str, survivor: str) -> Path:
         """``survivor`` rewrites every slot of ``lost`` once and fsyncs."""
@@ -258,17 +292,34 @@ class Trial:
             self.fault("resume", racer, check=False)        # its watchdog may have killed it
             self.lose(t0, f"partition {','.join(a)}|{','.join(b)} with racer {racer} paused", (a, b))
         elif fault == "pause":
+            # The survivors fence it and take its data over while it is frozen (its
+            # watchdog kills it first); then it wakes, as a paused VM would.
             n = self.rnd.choice(self.nodes)
             self.fault("pause", n)
-            time.sleep(self.rnd.uniform(2.0, 5.0))
-            self.fault("resume", n, check=False)
             self.lose(t0, f"node {n} paused")
+            self.fault("resume", n, check=False)
         elif fault == "stall":
             n = self.rnd.choice(self.nodes)
             # Longer than a fence plus a takeover: without a watchdog the held write
-            # would land on the survivor's data (the self-test proves it is seen).
-            self.fault("stall", n, "--seconds", f"{self.rnd.uniform(8.0, 12.0):.1f}")
+            # would land on the survivor's data. The self-test stalls longer still, so
+            # that the takeover comes first even on a loaded machine.
+            seconds = self.rnd.uniform(8.0, 12.0) + (15 if self.args.self_test == "no-watchdog" else 0)
+            self.fault("stall", n, "--seconds", f"{seconds:.1f}")
             self.lose(t0, f"node {n} stalled after its gate admitted a write")
+        elif fault == "isolate":
+            n = self.rnd.choice(self.nodes)
+            self.fault("isolate", n, "--peers")
+            self.lose(t0, f"node {n} cut off from the server and its peers")
+        elif fault == "isolate-server":
+            # Its peers still hear it, so nobody fences it: only its lease stops it.
+            n = self.rnd.choice(self.nodes)
+            self.fault("isolate", n)
+            time.sleep(self.rnd.uniform(6.0, 9.0))        # past its lease
+            self.fault("heal")
+            self.server_cuts.append((int(n), t0, time.time()))
+            self.notes.append(f"node {n} cut off from the server for {time.time() - t0:.1f}s")
+            self.wait(self.all_members, 40, f"node {n} to be back")
+            return
         elif fault == "kill":
             n = self.rnd.choice(self.nodes)
             self.status()                      # keep the history the kill will erase
@@ -291,11 +342,13 @@ class Trial:
             self.sh(TOOLS / "cluster", "up", str(self.args.nodes), "--dir", self.dir, "--quiet",
                     "--pause-timeout", "5", *(["--hosts"] if self.args.hosts else []),
                     *(["--node-arg=--watchdog", "--node-arg=off"]
-                      if self.args.disable_watchdog_for_self_test else []), timeout=180)
+                      if self.args.self_test == "no-watchdog" else []), timeout=180)
             self.wait(self.all_members, 40, "the cluster to form")
             for n in self.nodes:
                 self.start_writer(n)
             time.sleep(1.0)
+            if self.args.self_test == "dead-writer":
+                self.writers[self.nodes[0]][-1].proc.kill()
             for f in faults:
                 self.apply(f)
                 time.sleep(self.rnd.uniform(0.3, 1.0))
@@ -320,12 +373,18 @@ class Trial:
             status = self.status() if (self.dir / "cluster.json").exists() else {}
         except (TrialFailed, subprocess.TimeoutExpired):
             status = {}
+        for n, ws in self.writers.items():          # (d): the current writers still run
+            if ws and ws[-1].proc.poll() is not None:
+                self.violations.append(f"(d) node {n}'s writer died (exit status "
+                                       f"{ws[-1].proc.returncode})")
         for ws in self.writers.values():
             for w in ws:
                 w.stop(timeout=5)
         try:
             if (self.dir / "cluster.json").exists():
                 self.check_health(status)
+                if self.args.self_test == "lost-ack":
+                    self.lose_an_acknowledged_write()
                 self.check_records()
         finally:
             if (self.dir / "cluster.json").exists():
@@ -351,18 +410,31 @@ class Trial:
             if "Traceback" in text or "internal error" in text:
                 self.violations.append(f"(d) {log.name} has a traceback")
         for n, ws in self.writers.items():
+            if not any(e[3] == "ok" for w in ws for e in w.entries()):
+                self.violations.append(f"(d) node {n}'s writers wrote nothing")
             for w in ws:
                 for t, _, _, _, err in w.fsync_errors():
                     if err not in MOUNT_GONE:
                         self.violations.append(f"(d) node {n}'s writer: fsync failed with errno {err} "
                                                f"({os.strerror(err)}) while its mount was up")
 
+    def lose_an_acknowledged_write(self) -> None:
+        """Self-test: zero, on plex 0's disk, the slot of the last acknowledged write."""
+        acked = [w for w in self.writes_logged() if w.acked is not None and not w.takeover]
+        slot = max(acked, key=lambda w: w.acked).slot
+        emap = extent_map_from_show(self.vctl_json("vol", "show", "dg/data"))
+        for disk, doff, _, n in emap.plexes[0].segments(slot * BLOCK, BLOCK):
+            fd = directio.open_direct(emap.disks[disk].path)
+            try:
+                directio.write_range(fd, doff, bytes(n), 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.notes.append(f"self-test: zeroed slot {slot} on plex 0")
+
     def read_plexes(self) -> list[dict[int, Record | None]]:
         """Every slot of dg/data, per plex, read from the images with direct I/O."""
-        show = json.loads(self.sh(VENV_BIN / "vctl", "--server", self.state["server"]["address"],
-                                  "--key-file", self.state["server"]["key_file"],
-                                  "vol", "show", "dg/data", "--json"))
-        emap = extent_map_from_show(show)
+        emap = extent_map_from_show(self.vctl_json("vol", "show", "dg/data"))
         fds = {i: directio.open_direct(d.path, os.O_RDONLY) for i, d in enumerate(emap.disks)}
         try:
             out = []
@@ -415,7 +487,7 @@ class Trial:
                 if what in ("ok", "err"):
                     ok = what == "ok"
                     out.append(Write(node, seq, slot, extra if ok else t, ok,
-                                     acked.get(seq) if seq in issued else None, takeover))
+                                     acked.get(seq) if seq in issued else None, takeover, t))
         return out
 
     def check_records(self) -> None:
@@ -423,6 +495,9 @@ class Trial:
         self.writes = sum(1 for w in writes if not w.takeover)
         self.acked = sum(1 for w in writes if w.acked is not None)
         self.violations += judge(self.history(), writes, self.read_plexes(), self.owner)
+        if self.server_cuts:
+            lease = self.vctl_json("status")["server"]["lease"]["duration"]
+            self.violations += writes_without_a_lease(writes, self.server_cuts, lease)
         self.violations = summarize(self.violations)
 
 
@@ -445,20 +520,24 @@ def main() -> int:
     ap.add_argument("--first-trial", type=int, default=1, help="start numbering here (replay one trial)")
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--max-faults", type=int, default=2, help="faults per trial (1 to this)")
-    ap.add_argument("--faults", default=",".join(FAULTS),
-                    help=f"comma-separated subset of {', '.join(FAULTS)}")
+    ap.add_argument("--faults", help=f"comma-separated subset of {', '.join(FAULTS)} (default: "
+                                      f"all; {', '.join(HOSTS_ONLY)} only with --hosts)")
     ap.add_argument("--hosts", action="store_true",
                     help="run every trial on the hosts test bed (tools/cluster up --hosts)")
     ap.add_argument("--dir", default=str(ROOT / "check-runs"), help="where trials run")
     ap.add_argument("--keep", action="store_true", help="keep every trial's directory")
     ap.add_argument("--json", action="store_true", help="print the results as JSON at the end")
-    ap.add_argument("--disable-gate-for-self-test", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--disable-watchdog-for-self-test", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--self-test", choices=sorted(SELF_TESTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.faults = [f for f in args.faults.split(",") if f]
+    explicit = args.faults is not None
+    args.faults = [f for f in (args.faults or ",".join(FAULTS)).split(",") if f]
     unknown = set(args.faults) - set(FAULTS)
     if unknown or not args.faults:
         ap.error(f"unknown faults {sorted(unknown)}")
+    if not args.hosts:
+        if explicit and set(args.faults) & set(HOSTS_ONLY):
+            ap.error(f"faults {', '.join(HOSTS_ONLY)} need --hosts")
+        args.faults = [f for f in args.faults if f not in HOSTS_ONLY]
     if args.nodes < 2:
         ap.error("at least 2 nodes")
     base = Path(args.dir).resolve() / f"seed-{args.seed}"

@@ -280,6 +280,15 @@ def partition(st: dict, side_a: list[str], side_b: list[str]) -> None:
         Nft(st["nft_table"]).drop_between(ports(side_a), ports(side_b))
 
 
+def isolate(st: dict, node: str, peers_too: bool) -> None:
+    """Cut ``node`` off from the server (and its peers): --hosts only."""
+    if node not in st["nodes"]:
+        raise SystemExit(f"cluster: no node {node}")
+    if not st.get("hosts"):
+        raise SystemExit("cluster: isolating a node needs the hosts test bed (tools/cluster up --hosts)")
+    HostsNet.from_json(st["hosts"]).cut_server(st["nft_table"], int(node), peers_too)
+
+
 def heal(st: dict) -> None:
     if st.get("hosts"):
         HostsNet.from_json(st["hosts"]).heal(st["nft_table"])
@@ -376,6 +385,8 @@ def main() -> int:
             ("down", "stop everything this tool started"),
             ("status", "show every node's view"),
             ("partition", "cut the heartbeats between two node sets, e.g. 1,2 3"),
+            ("isolate", "cut a node off from the server, and with --peers from its peers "
+                        "(--hosts only)"),
             ("heal", "remove every cut"),
             ("start-node", "(re)start one node"), ("start-server", "(re)start the server"))]:
         p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where it lives (default {DEFAULT_DIR})")
@@ -386,6 +397,9 @@ def main() -> int:
         if p.prog.endswith("partition"):
             p.add_argument("side_a", metavar="A")
             p.add_argument("side_b", metavar="B")
+        if p.prog.endswith("isolate"):
+            p.add_argument("node", metavar="ID")
+            p.add_argument("--peers", action="store_true", help="from its peers too")
     up.add_argument("--links", type=int, default=1, choices=[1, 2], help="heartbeat links per node")
     up.add_argument("--disks", type=int, default=2, help="backing images (default 2)")
     up.add_argument("--disk-size", default="128M")
@@ -418,6 +432,11 @@ def main() -> int:
         partition(st, args.side_a.split(","), args.side_b.split(","))
         print(f"partitioned {{{args.side_a}}} | {{{args.side_b}}} (nft table {st['nft_table']}"
               + (", in every node namespace)" if st.get("hosts") else ")"))
+        return 0
+    if args.cmd == "isolate":
+        isolate(st, args.node, args.peers)
+        print(f"node {args.node} cut off from the server" + (" and its peers" if args.peers else "")
+              + f" (nft table {st['nft_table']} in its namespace)")
         return 0
     if args.cmd == "heal":
         heal(st)

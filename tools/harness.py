@@ -355,6 +355,14 @@ class Nft:
         if cp.returncode != 0:
             raise RuntimeError(f"nft: {cp.stderr.strip()}")
 
+    def drop_from(self, ports_a, ports_b) -> None:
+        """Drop UDP from any port of ``ports_a`` to any of ``ports_b`` only (a
+        one-way cut: B no longer hears A, A still hears B)."""
+        self._ensure()
+        a = "{ " + ", ".join(str(p) for p in ports_a) + " }"
+        b = "{ " + ", ".join(str(p) for p in ports_b) + " }"
+        self._nft("add", "rule", "inet", self.table, "input", "udp", "sport", a, "udp", "dport", b, "drop")
+
     def remove(self) -> None:
         subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True, timeout=10)
         self.created = False
@@ -405,14 +413,16 @@ class Cluster:
                                                        for link, p in enumerate(self.ports[j]))]
         return args + self.node_args
 
-    def client(self, i: int, *attach: str, extra: tuple[str, ...] = ()) -> Client:
+    def client(self, i: int, *attach: str, extra: tuple[str, ...] = (),
+               env: dict | None = None) -> Client:
         c = Client(self.server, i, self.workdir, *attach,
-                   extra=tuple(self.node_command_args(i)) + tuple(extra))
+                   extra=tuple(self.node_command_args(i)) + tuple(extra), env=env)
         self.nodes[i] = c
         return c
 
-    def start(self, i: int, *attach: str, extra: tuple[str, ...] = (), wait: bool = True) -> Client:
-        return self.client(i, *attach, extra=extra).start(wait=wait)
+    def start(self, i: int, *attach: str, extra: tuple[str, ...] = (), wait: bool = True,
+              env: dict | None = None) -> Client:
+        return self.client(i, *attach, extra=extra, env=env).start(wait=wait)
 
     def partition(self, side_a, side_b) -> None:
         """Cut every heartbeat link between the nodes of ``side_a`` and ``side_b``."""

@@ -175,6 +175,21 @@ class HostsNet:
                           f"add rule inet {table} input ip saddr {{ {ips} }} drop\n")
                 _run("ip", "netns", "exec", self.netns(node), "nft", "-f", "-", input=script)
 
+    def cut_server(self, table: str, node: int, peers_too: bool = False) -> None:
+        """``node`` loses the server (and with ``peers_too`` every peer): its
+        namespace drops everything to and from those addresses."""
+        ips = [self.server_ip()]
+        if peers_too:
+            ips += [self.node_ip(n, link) for n in self.nodes if n != node
+                    for link in range(len(self.subnets))]
+        addrs = ", ".join(ips)
+        script = (f"add table inet {table}\n"
+                  f"add chain inet {table} input {{ type filter hook input priority 0; policy accept; }}\n"
+                  f"add chain inet {table} output {{ type filter hook output priority 0; policy accept; }}\n"
+                  f"add rule inet {table} input ip saddr {{ {addrs} }} drop\n"
+                  f"add rule inet {table} output ip daddr {{ {addrs} }} drop\n")
+        _run("ip", "netns", "exec", self.netns(node), "nft", "-f", "-", input=script)
+
     def heal(self, table: str) -> None:
         for node in self.nodes:
             _run("ip", "netns", "exec", self.netns(node), "nft", "delete", "table", "inet", table,

@@ -39,6 +39,7 @@ class Write:
     ok: bool
     acked: float | None = None        # fsync acknowledgement time
     takeover: bool = False
+    done: float = 0.0                 # when the write returned
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,20 @@ def takeovers_intact(plexes: list[dict[int, Record | None]], takeover: list[Writ
                 out.append(f"(a) plex {p} slot {w.slot} holds {who} instead of node {w.node}'s "
                            f"takeover (acknowledged at {w.acked:.3f}) before node {owner(w.slot)} "
                            "rejoined: a write of the fenced node landed on it")
+    return out
+
+
+def writes_without_a_lease(writes: list[Write], cuts: list[tuple[int, float, float]],
+                           lease: float) -> list[str]:
+    """``cuts``: (node, cut at, healed at) -- the node could not reach the server.
+    Its lease ran out at the latest ``lease`` after the cut (it was last renewed
+    before): no write of it may complete after that while the cut lasts (S1)."""
+    out = []
+    for node, t_cut, t_heal in cuts:
+        for w in writes:
+            if w.node == node and w.ok and not w.takeover and t_cut + lease <= w.done <= t_heal:
+                out.append(f"(a) node {w.node}'s write seq {w.seq} completed {w.done - t_cut:.3f}s "
+                           f"after it lost the server: its lease ({lease:g}s) had run out")
     return out
 
 

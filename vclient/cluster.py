@@ -111,13 +111,20 @@ class FenceDriver:
         nursery.start_soon(self._monitor)
 
     # -- coordinator access (through the server only, ¶0050) ---------------------------------
+    async def _call(self, deadline: float, op: str, args: dict, payload: bytes = b""):
+        """A server call that gives up at ``deadline``: a server that is reachable by
+        TCP but silent (its packets dropped) must not hold a race or a join past
+        its timeout."""
+        left = max(0.05, deadline - trio.current_time())
+        return await self.node.link.call(op, args, payload, timeout=left)
+
     async def _attach_coordinator(self, deadline: float) -> str:
         """Exclusive-write attach, retried while someone else holds it."""
         delay = 0.02
         while True:
             try:
-                r, _ = await self.node.link.call("attach", {"volume": self.opts.coordinator,
-                                                            "mode": "ew"})
+                r, _ = await self._call(deadline, "attach", {"volume": self.opts.coordinator,
+                                                             "mode": "ew"})
                 return r["delegation"]["id"]
             except (Conflict, Unavailable) as exc:
                 if trio.current_time() + delay > deadline:
@@ -126,15 +133,16 @@ class FenceDriver:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.25)
 
-    async def _read(self, deleg: str) -> coord.Membership:
-        _, raw = await self.node.link.call("read", {"delegation": deleg, "offset": 0,
-                                                    "length": coord.BLOCK})
+    async def _read(self, deleg: str, deadline: float) -> coord.Membership:
+        _, raw = await self._call(deadline, "read", {"delegation": deleg, "offset": 0,
+                                                     "length": coord.BLOCK})
         return coord.decode(raw, f"coordinator {self.opts.coordinator}")
 
-    async def _cas(self, deleg: str, read: coord.Membership, new: coord.Membership) -> None:
-        await self.node.link.call("coord_write", {"delegation": deleg,
-                                                  "expected_generation": read.generation},
-                                  coord.encode(new))
+    async def _cas(self, deleg: str, read: coord.Membership, new: coord.Membership,
+                   deadline: float) -> None:
+        await self._call(deadline, "coord_write", {"delegation": deleg,
+                                                   "expected_generation": read.generation},
+                         coord.encode(new))
 
     async def _detach(self, deleg: str) -> None:
         try:
@@ -169,7 +177,7 @@ class FenceDriver:
             while True:
                 deleg = await self._attach_coordinator(deadline)
                 try:
-                    m = await self._read(deleg)
+                    m = await self._read(deleg, deadline)
                     reachable = self.hb.reachable()
                     live = frozenset(p for p in reachable - {self.me}
                                      if self.hb.peers[p].state in (MEMBER, RACING))
@@ -184,7 +192,7 @@ class FenceDriver:
                         else:
                             raise
                     if plan is not None:
-                        await self._cas(deleg, m, plan.new)
+                        await self._cas(deleg, m, plan.new, deadline)
                 except BaseException:
                     self.state = IDLE
                     raise
@@ -217,10 +225,10 @@ class FenceDriver:
             deadline = trio.current_time() + self.opts.join_timeout
             deleg = await self._attach_coordinator(deadline)
             try:
-                m = await self._read(deleg)
+                m = await self._read(deleg, deadline)
                 new = decisions.plan_leave(m, self.opts.cluster_id, self.me, time.time())
                 if new is not None:
-                    await self._cas(deleg, m, new)
+                    await self._cas(deleg, m, new, deadline)
                     m = new
             finally:
                 await self._detach(deleg)
@@ -337,7 +345,7 @@ class FenceDriver:
             return
         try:
             while True:
-                m = await self._read(deleg)
+                m = await self._read(deleg, deadline)
                 result = decisions.plan_race(m, self.opts.cluster_id, self.me, sub, time.time())
                 if not result.won:
                     self._adopt(m)
@@ -348,7 +356,7 @@ class FenceDriver:
                     self._adopt(m)
                     break
                 try:
-                    await self._cas(deleg, m, result.new)
+                    await self._cas(deleg, m, result.new, deadline)
                 except Conflict:
                     continue          # changed under us: judge again on what is there now
                 self._adopt(result.new)

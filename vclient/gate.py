@@ -219,18 +219,3 @@ class FenceGate:
                 "pauses": self.pauses, "renewals": self.renewals, "fences": self.fences,
                 "inflight_writes": self.inflight,
                 "lease_end_in": round(self.lease_end - now, 3) if self.lease_end else None}
-
-
-UNSAFE_SWITCH = "FENCEVOL_UNSAFE_DISABLE_GATE"
-UNSAFE_VALUE = "yes-break-fencing-for-checker-self-test"
-
-
-def disable_for_checker_self_test() -> None:
-    """Make every gate let writes through, fenced or not. Exists only so that
-    tools/check can prove it catches a broken fence; never use it otherwise."""
-    def admit_anything(self) -> bool:
-        self.inflight += 1
-        self.slot[INFLIGHT] = self.inflight
-        return True
-    FenceGate.writable = lambda self: self.state is not CLOSED
-    FenceGate.admit_nowait = admit_anything

@@ -148,15 +148,10 @@ def _control_path(args) -> str:
 
 def cmd_run(args) -> int:
     setup_logging(f"vclient-{args.node_id}", args.log_level)
-    from .gate import UNSAFE_SWITCH, UNSAFE_VALUE, disable_for_checker_self_test
-    if os.environ.get(UNSAFE_SWITCH):
-        if os.environ[UNSAFE_SWITCH] != UNSAFE_VALUE:
-            raise InvalidArgument(f"{UNSAFE_SWITCH} is set to an unknown value; unset it")
-        disable_for_checker_self_test()
-        args.watchdog = "off"
-        logging.getLogger("vclient").critical(
-            "FENCE GATE AND WATCHDOG DISABLED (%s): this node ignores fencing; for tools/check's "
-            "self-test only", UNSAFE_SWITCH)
+    from . import selftest
+    if os.environ.get(selftest.SWITCH):
+        if selftest.apply(os.environ[selftest.SWITCH]) in selftest.WITHOUT_WATCHDOG:
+            args.watchdog = "off"
     if not 1 <= args.node_id <= 65535:
         raise InvalidArgument("--node-id must be between 1 and 65535")
     if args.watchdog == "off":

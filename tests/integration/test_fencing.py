@@ -415,6 +415,74 @@ def test_minority_racer_starts_late(make_cluster):
     assert "races for a minority" not in c.nodes[2].log_text()
 
 
+def test_server_refuses_a_fenced_nodes_remote_writes(make_cluster):
+    """Node 2 reaches its disks only through the server, and its gate is broken
+    (a self-test build: it admits every write). Frozen, it loses the race; woken
+    after the fence, it keeps sending writes -- the server refuses every one (its
+    delegation is gone, its key preempted), so none lands."""
+    from vclient import selftest
+    c = make_cluster(2)
+    c.start(1, "dg/data")
+    n2 = c.start(2, "dg/data", extra=("--remote-disk", "disk0", "--remote-disk", "disk1"),
+                 env={selftest.SWITCH: selftest.value("no-gate")})
+    members_are(c, [1, 2])
+    assert all(d["access"] == "remote" for d in n2.volume_status("dg/data")["disks"])
+    w = writer(c, 2, "0-63")
+    wait_for(lambda: len(w.entries()) > 20, 10, "node 2 writing through the server")
+    os.kill(n2.proc.pid, signal.SIGSTOP)
+    c.partition([1], [2])
+    st = wait_for(lambda: (lambda s: s["members"] == [1] and s["last_fence"] and s)(
+        c.cluster_state(1)), 30, "node 1 to win and fence node 2")
+    t_fenced = st["last_fence"]["at"]
+    os.kill(n2.proc.pid, signal.SIGCONT)
+    wait_for(lambda: len(w.errors_after(t_fenced)) >= 5, 20, "node 2's writes to be refused")
+    w.stop()
+    assert [e for e in w.oks_after(t_fenced) if e[4] >= t_fenced] == []
+    assert [r for r in records_on_disk(c, range(64)) if r["time"] >= t_fenced] == []
+    assert "SELF-TEST BREAK no-gate" in n2.log_text()
+
+
+def test_one_way_cut_is_resolved_like_a_partition(make_cluster):
+    """Node 1's heartbeats stop reaching nodes 2 and 3, while it still hears them:
+    reachability needs both directions, so both sides see a partition and exactly
+    one side keeps membership."""
+    c = make_cluster(3)
+    start_members(c, (1, 2, 3), "dg/data")
+    c.nft.drop_from(c.ports[1], c.ports[2] + c.ports[3])
+    st = wait_for(lambda: resolved(c, (1, 2, 3)), 30, "the one-way cut to be resolved")
+    members = [i for i, s in st.items() if s["state"] == "member"]
+    assert members in ([1], [2, 3]), st
+    assert all(s["state"] == "ejected" for i, s in st.items() if i not in members), st
+    show = vctl_json(c.server, "coord", "show", "dg/coord")
+    assert show["membership"]["members"] == members
+
+
+def test_coordinator_corrupted_during_a_race_stops_everyone(make_cluster):
+    """{1, 2} | {3} and a byte of the coordinator flipped as the network splits: no
+    racer can read a valid membership, so nobody wins -- every node ejects itself
+    (no writes anywhere), and the damaged copy is left as evidence, never replaced."""
+    c = make_cluster(3)
+    start_members(c, (1, 2, 3), "dg/data")
+    sd = vctl_json(c.server, "vol", "show", "dg/coord")["plexes"][0]["columns"][0]["subdisks"][0]
+    c.partition([1, 2], [3])
+    with open(sd["path"], "r+b") as f:
+        f.seek(sd["disk_offset"] + 70)
+        b = f.read(1)
+        f.seek(sd["disk_offset"] + 70)
+        f.write(bytes([b[0] ^ 0x10]))
+        f.seek(sd["disk_offset"])
+        damaged = f.read(4096)
+    wait_for(lambda: all(c.cluster_state(i)["state"] == "ejected" for i in (1, 2, 3)), 40,
+             "every node to eject itself")
+    for i in (1, 3):
+        assert "coordinator" in c.cluster_state(i)["reason"], c.cluster_state(i)
+    r = vctl(c.server, "coord", "show", "dg/coord", check=False)
+    assert r.returncode != 0 and "checksum BAD" in r.stdout
+    with open(sd["path"], "rb") as f:
+        f.seek(sd["disk_offset"])
+        assert f.read(4096) == damaged
+
+
 def test_saturated_data_path_keeps_heartbeats(make_cluster):
     """Four fio jobs keep node 1's FUSE loop busy for four heartbeat timeouts. The
     request loop must still yield to heartbeats, renewals and watchdog pings: no peer

@@ -1,0 +1,133 @@
+"""The server's coordinator compare-and-swap, fence and reservation enforcement,
+called in-process under trio's MockClock (virtual time, real metadata files)."""
+
+import pytest
+import trio
+from test_delegations import FakeSession, call, connect
+
+from fencevol import coord
+from fencevol.errors import Conflict, InvalidArgument, ReservationConflict, Revoked
+from fencevol.lease import LeaseTerms
+from vserver.ops import dispatch
+from vserver.server import Settings, VolumeServer
+
+TERMS = LeaseTerms(duration=4.0, margin=1.0, guard=0.5)
+CID = "c"
+
+
+def key(node, incarnation):
+    return coord.registration_key(CID, node, incarnation)
+
+
+async def make_cluster_server(tmp_path) -> VolumeServer:
+    srv = VolumeServer(Settings(state_dir=str(tmp_path / "state"), lease=TERMS))
+    srv.open_state()
+    admin = FakeSession()
+    await call(srv, admin, "disk_init", path=str(tmp_path / "d1.img"), size=64 << 20)
+    await call(srv, admin, "dg_create", name="dg", disks=[str(tmp_path / "d1.img")])
+    await call(srv, admin, "vol_create", dg="dg", name="data", size=1 << 20)
+    await call(srv, admin, "coord_create", dg="dg", name="coord", cluster_id=CID, nodes=[1, 2])
+    return srv
+
+
+async def op(srv, sess, name, payload=b"", **args):
+    return await dispatch(srv, sess, {"op": name, "args": args}, payload)
+
+
+async def read_coord(srv, sess) -> tuple[str, coord.Membership]:
+    r = await call(srv, sess, "attach", volume="dg/coord", mode="ew")
+    deleg = r["delegation"]["id"]
+    _, raw = await op(srv, sess, "read", delegation=deleg, offset=0, length=coord.BLOCK)
+    return deleg, coord.decode(raw)
+
+
+async def write_coord(srv, sess, deleg, expected, new):
+    await op(srv, sess, "coord_write", coord.encode(new), delegation=deleg,
+             expected_generation=expected)
+
+
+async def join(srv, sess, node, incarnation):
+    deleg, m = await read_coord(srv, sess)
+    new = m.changed({node: {"is_member": True, "incarnation": incarnation}})
+    await write_coord(srv, sess, deleg, m.generation, new)
+    await call(srv, sess, "detach", delegation=deleg)
+    return new
+
+
+async def test_coordinator_write_is_a_compare_and_swap(tmp_path, autojump_clock):
+    srv = await make_cluster_server(tmp_path)
+    try:
+        n1 = connect(srv, 1)
+        deleg, m = await read_coord(srv, n1)
+        await write_coord(srv, n1, deleg, m.generation, m.changed({1: {"is_member": True}}))
+        with pytest.raises(Conflict, match="someone else changed"):
+            await write_coord(srv, n1, deleg, m.generation, m.changed({2: {"is_member": True}}))
+        with pytest.raises(InvalidArgument, match="next generation"):
+            stale = m.changed({1: {"is_member": False}})          # generation m+1 again
+            await write_coord(srv, n1, deleg, m.generation + 1, stale)
+        await call(srv, n1, "detach", delegation=deleg)
+        _, now = await read_coord(srv, connect(srv, 2))
+        assert now.generation == m.generation + 1 and now.members == {1}   # the first write only
+    finally:
+        srv.close()
+
+
+async def test_fence_is_for_members_and_spares_a_rejoined_incarnation(tmp_path, autojump_clock):
+    srv = await make_cluster_server(tmp_path)
+    try:
+        n1, n2 = connect(srv, 1), connect(srv, 2)
+        await join(srv, n1, 1, 1)
+        await join(srv, n2, 2, 1)
+        await call(srv, n1, "attach", volume="dg/data", mode="rw", key=key(1, 1))
+        d2 = (await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 1)))
+        victims = [{"node": 2, "incarnation": 1}]
+        # Node 2 is still a member: nobody may fence it.
+        with pytest.raises(InvalidArgument, match="still a member"):
+            await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
+        # Node 1 removes node 2 (the race), then fences; a non-member may not.
+        deleg, m = await read_coord(srv, n1)
+        await write_coord(srv, n1, deleg, m.generation, m.changed({2: {"is_member": False}}))
+        await call(srv, n1, "detach", delegation=deleg)
+        with pytest.raises(InvalidArgument, match="only members may fence"):
+            await call(srv, n2, "fence", coordinator="dg/coord", victims=[{"node": 1, "incarnation": 1}])
+        r = await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
+        assert r["fenced"] == [2] and r["preempted"] == 1
+        # Its delegation is gone, its remote writes refused, its old key cannot come back.
+        with pytest.raises(Revoked):
+            await op(srv, n2, "write", b"x" * 512, delegation=d2["delegation"]["id"], offset=0)
+        with pytest.raises(ReservationConflict):
+            await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 1))
+        # Node 2 rejoins as incarnation 2; a late fence of incarnation 1 (a slow
+        # survivor) must leave the new key registered and its writes working.
+        await join(srv, n2, 2, 2)
+        d2 = await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 2))
+        await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
+        keys = (await call(srv, FakeSession(), "pr_read_keys"))["disks"][0]["keys"]
+        assert coord.format_key(key(2, 2)) in {k["key"] for k in keys}
+        assert coord.format_key(key(2, 1)) not in {k["key"] for k in keys}
+        await op(srv, n2, "write", b"y" * 512, delegation=d2["delegation"]["id"], offset=0)
+    finally:
+        srv.close()
+
+
+async def test_remote_write_with_a_preempted_key_is_refused(tmp_path, autojump_clock):
+    """The server enforces the reservation on its own I/O path: a node whose key an
+    admin preempted cannot write through the server, whatever its gate says."""
+    srv = await make_cluster_server(tmp_path)
+    try:
+        n2 = connect(srv, 2)
+        d = await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 1))
+        await op(srv, n2, "write", b"a" * 512, delegation=d["delegation"]["id"], offset=0)
+
+        async def acknowledge():               # the holder acks the revoke push
+            while not n2.conn.sent:
+                await trio.sleep(0.01)
+            await call(srv, n2, "revoke_ack", delegation=d["delegation"]["id"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(acknowledge)
+            await call(srv, FakeSession(), "pr_preempt", key=coord.format_key(key(2, 1)))
+        with pytest.raises((Revoked, ReservationConflict)):
+            await op(srv, n2, "write", b"b" * 512, delegation=d["delegation"]["id"], offset=0)
+    finally:
+        srv.close()
