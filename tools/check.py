@@ -310,6 +310,7 @@ class Trial:
             n = self.rnd.choice(self.nodes)
             self.fault("isolate", n, "--peers")
             self.lose(t0, f"node {n} cut off from the server and its peers")
+            self.server_cuts.append((int(n), t0, time.time()))      # healed just below
         elif fault == "isolate-server":
             # Its peers still hear it, so nobody fences it: only its lease stops it.
             n = self.rnd.choice(self.nodes)
