@@ -190,6 +190,12 @@ def print_status(st: dict) -> None:
     link = "connected" if srv["connected"] else f"DISCONNECTED ({srv['last_error'] or 'connecting'})"
     print(f"node {st['node']}  pid {st['pid']}  mount {st['mount']}  key {st['key']}")
     print(f"server {srv['address']}  {link}")
+    wd = st.get("watchdog") or {}
+    if wd.get("enabled"):
+        print(f"watchdog pid {wd['pid']}  {wd['state']}  budget {wd['budget']:.2f}s  longest without a "
+              f"ping {wd['worst_ping_gap']:.3f}s" + (f"  DOWN: {wd['down']} (writes paused)" if wd["down"] else ""))
+    else:
+        print("watchdog OFF: a write admitted before a stall could land after a fence (unsafe)")
     c = st.get("cluster")
     if c:
         print(f"cluster {c['cluster_id']}  state {c['state']}" + (f" ({c['reason']})" if c["reason"] else "")

@@ -101,6 +101,7 @@ def test_remote_io_for_unreachable_disk(server, dg, clients):
     out = subprocess.run([str(c.command()[0]), "status", "--control", c.control],
                          capture_output=True, text=True, timeout=30)
     assert "REMOTE DISK" in out.stdout and "disk1" in out.stdout
+    assert "watchdog pid" in out.stdout and "armed  budget 1.00s" in out.stdout
 
 
 def test_bad_attach_mounts_nothing(server, dg, clients):
