@@ -83,11 +83,15 @@ class ClientLoad:
         self.conn = conn
         self.max_waiting = 0
         self.cpu_per_request = 0.0
+        self.system_share = 0.0
         self._stop = threading.Event()
 
-    def _cpu(self) -> float:
-        f = open(f"/proc/{self.client.proc.pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    def _cpu(self) -> tuple[float, float]:
+        """(user, system) seconds of the client so far."""
+        with open(f"/proc/{self.client.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def _sample(self) -> None:
         while not self._stop.wait(0.001):
@@ -108,7 +112,9 @@ class ClientLoad:
         if self.conn is not None:
             self.thread.join()
         served = self.client.status()["io"]["requests"] - self.req0
-        self.cpu_per_request = (self._cpu() - self.cpu0) / max(served, 1) * 1e6
+        user, system = (b - a for a, b in zip(self.cpu0, self._cpu()))
+        self.cpu_per_request = (user + system) / max(served, 1) * 1e6
+        self.system_share = system / max(user + system, 1e-9)
         return False
 
 
@@ -191,7 +197,7 @@ def main() -> int:
             table = {}
             for name, rw, bs, jobs, target in WORKLOADS:
                 runs: dict[str, list] = {t: [] for t in targets}
-                cost, inflight = [], 0
+                cost, sys_share, inflight = [], [], 0
                 for r in range(args.rounds):
                     for t in rotated(list(targets), r):
                         f, off, direct = targets[t]
@@ -199,18 +205,21 @@ def main() -> int:
                             with ClientLoad(c, fuse_conn) as load:
                                 runs[t].append(fio(f, rw, bs, jobs, size, off, args.runtime, direct))
                             cost.append(load.cpu_per_request)
+                            sys_share.append(load.system_share)
                             inflight = max(inflight, load.max_waiting)
                         else:
                             runs[t].append(fio(f, rw, bs, jobs, size, off, args.runtime, direct))
                 med = {t: median_of(v) for t, v in runs.items()}
                 med["target"] = target
                 med["cpu_us"] = statistics.median(cost)
+                med["cpu_sys"] = statistics.median(sys_share)
                 med["fuse_inflight"] = inflight
                 table[name] = med
                 print(f"{name:22s} volume {med['volume']['iops']:9.0f} IOPS {med['volume']['mibs']:8.1f} MiB/s"
                       f"   vs O_DIRECT {med['volume']['iops'] / med['direct']['iops']:.2f}x"
                       f"   vs bindfs {med['volume']['iops'] / med['bindfs']['iops']:.2f}x"
-                      f"   client {med['cpu_us']:.0f} us CPU/request, <= {inflight} in flight"
+                      f"   client {med['cpu_us']:.0f} us CPU/request ({med['cpu_sys']:.0%} system), "
+                      f"<= {inflight} in flight"
                       + (f"   vs stock loop {med['volume']['iops'] / med['stock']['iops']:.2f}x"
                          if "stock" in med else ""), file=sys.stderr)
             results["paths"] = table
@@ -345,7 +354,7 @@ def render(res: dict) -> str:
             out += ["stock loop: a second client serving the same volume with pyfuse3's own "
                     "request loop (`FENCEVOL_STOCK_FUSE_LOOP=1`), interleaved with the others.", ""]
         out += ["| workload | volume IOPS | volume MiB/s | O_DIRECT IOPS | bindfs IOPS | raw IOPS |"
-                + extra[0] + " volume/O_DIRECT | volume/bindfs | client CPU/req | in flight | target |",
+                + extra[0] + " volume/O_DIRECT | volume/bindfs | client CPU/req (system) | in flight | target |",
                 "|---|---:|---:|---:|---:|---:|" + extra[1] + "---:|---:|---:|---:|---|"]
         for name, med in res["paths"].items():
             v, dr, b, r = med["volume"], med["direct"], med["bindfs"], med["raw"]
@@ -355,7 +364,8 @@ def render(res: dict) -> str:
                    if "stock" in med else "")
             out.append(f"| {name} | {v['iops']:.0f} | {v['mibs']:.1f} | {dr['iops']:.0f} | {b['iops']:.0f} | "
                        f"{r['iops']:.0f} |{ref} {ratio:.2f}x | {v['iops'] / b['iops']:.2f}x | "
-                       f"{med['cpu_us']:.0f} µs | {med['fuse_inflight']} | ≥ {med['target']:g}x: {verdict} |")
+                       f"{med['cpu_us']:.0f} µs ({med.get('cpu_sys', 0):.0%}) | {med['fuse_inflight']} | "
+                       f"≥ {med['target']:g}x: {verdict} |")
         out.append("")
     if "extents" in res:
         e = res["extents"]
