@@ -104,6 +104,21 @@ class Identity(threading.Thread):
             time.sleep(0.5)
 
 
+def sync_and_acknowledge(fd: int, unsynced: list[tuple[int, int]], log) -> bool:
+    """fsync; log an ``acked`` line per write it made durable, or the error."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        print(f"{time.time():.6f} - - fsync-err {exc.errno}", file=log)
+        unsynced.clear()
+        return False
+    now = time.time()
+    for seq, slot in unsynced:
+        print(f"{now:.6f} {seq} {slot} acked", file=log)
+    unsynced.clear()
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="writer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,25 +169,11 @@ def main() -> int:
             if args.once:
                 continue
             if args.fsync_every and len(unsynced) >= args.fsync_every:
-                try:
-                    os.fsync(fd)
-                    now = time.time()
-                    for s, sl in unsynced:
-                        print(f"{now:.6f} {s} {sl} acked", file=log)
-                except OSError as exc:
-                    print(f"{time.time():.6f} - - fsync-err {exc.errno}", file=log)
-                unsynced.clear()
+                sync_and_acknowledge(fd, unsynced, log)
             if args.interval:
                 time.sleep(args.interval)
-        if args.once:
-            try:
-                os.fsync(fd)
-                now = time.time()
-                for s, sl in unsynced:
-                    print(f"{now:.6f} {s} {sl} acked", file=log)
-            except OSError as exc:
-                print(f"{time.time():.6f} - - fsync-err {exc.errno}", file=log)
-                failed += 1
+        if args.once and not sync_and_acknowledge(fd, unsynced, log):
+            failed += 1
         print(f"{time.time():.6f} stop", file=log)
     os.close(fd)
     return 1 if failed else 0

@@ -219,15 +219,21 @@ def test_backing_disk_vanishing(server, tmp_path, clients, vanishing):
     assert [d["name"] for d in st["disks"] if d["error"]] == ["d1"]
 
 
-def test_mirror_reads_survive_a_vanished_plex(server, tmp_path, clients, vanishing):
-    """The disk under the mirror's read plex dies: reads go on from the other plex
-    (with the data written before), the client reads from it from then on; writes,
-    which must reach every plex, fail with EIO."""
+def mirror_over_a_vanishing_disk(server, tmp_path, vanishing) -> None:
+    """dg1/m: a mirror with plex 0 on d0 (behind the vanishing bindfs) and plex 1
+    on d1."""
     d0, d1 = str(vanishing.path / "d0.img"), str(tmp_path / "d1.img")
     vctl(server, "disk", "init", d0, "--size", "64M")
     vctl(server, "disk", "init", d1, "--size", "64M")
     vctl(server, "dg", "create", "dg1", d0, d1)
     vctl(server, "vol", "create", "dg1", "m", "16M", "--layout", "mirror", "--mirrors", "2")
+
+
+def test_mirror_reads_survive_a_vanished_plex(server, tmp_path, clients, vanishing):
+    """The disk under the mirror's read plex dies: reads go on from the other plex
+    (with the data written before), the client reads from it from then on; writes,
+    which must reach every plex, fail with EIO."""
+    mirror_over_a_vanishing_disk(server, tmp_path, vanishing)
     c = clients(1, "dg1/m")
     st = c.volume_status("dg1/m")
     show = vctl_json(server, "vol", "show", "dg1/m")
@@ -258,11 +264,7 @@ def test_acknowledged_writes_survive_on_the_other_plex(server, tmp_path, clients
     an fsync acknowledged before is on plex 1."""
     from harness import WriterProc
     from writer import BLOCK, decode
-    d0, d1 = str(vanishing.path / "d0.img"), str(tmp_path / "d1.img")
-    vctl(server, "disk", "init", d0, "--size", "64M")
-    vctl(server, "disk", "init", d1, "--size", "64M")
-    vctl(server, "dg", "create", "dg1", d0, d1)
-    vctl(server, "vol", "create", "dg1", "m", "16M", "--layout", "mirror", "--mirrors", "2")
+    mirror_over_a_vanishing_disk(server, tmp_path, vanishing)
     c = clients(1, "dg1/m")
     w = WriterProc(c.path("dg1/m"), 1, "0-63", tmp_path / "writer.log", control=c.control,
                    interval=0.002, fsync_every=4)

@@ -3,15 +3,13 @@ called in-process under trio's MockClock (virtual time, real metadata files)."""
 
 import pytest
 import trio
-from test_delegations import FakeSession, call, connect
+from test_delegations import FakeSession, call, connect, make_server
 
 from fencevol import coord
 from fencevol.errors import Conflict, InvalidArgument, ReservationConflict, Revoked
-from fencevol.lease import LeaseTerms
 from vserver.ops import dispatch
-from vserver.server import Settings, VolumeServer
+from vserver.server import VolumeServer
 
-TERMS = LeaseTerms(duration=4.0, margin=1.0, guard=0.5)
 CID = "c"
 
 
@@ -20,13 +18,9 @@ def key(node, incarnation):
 
 
 async def make_cluster_server(tmp_path) -> VolumeServer:
-    srv = VolumeServer(Settings(state_dir=str(tmp_path / "state"), lease=TERMS))
-    srv.open_state()
-    admin = FakeSession()
-    await call(srv, admin, "disk_init", path=str(tmp_path / "d1.img"), size=64 << 20)
-    await call(srv, admin, "dg_create", name="dg", disks=[str(tmp_path / "d1.img")])
-    await call(srv, admin, "vol_create", dg="dg", name="data", size=1 << 20)
-    await call(srv, admin, "coord_create", dg="dg", name="coord", cluster_id=CID, nodes=[1, 2])
+    """make_server's group (data volume dg/v) plus a coordinator for nodes 1 and 2."""
+    srv = await make_server(tmp_path)
+    await call(srv, FakeSession(), "coord_create", dg="dg", name="coord", cluster_id=CID, nodes=[1, 2])
     return srv
 
 
@@ -78,8 +72,8 @@ async def test_fence_is_for_members_and_spares_a_rejoined_incarnation(tmp_path, 
         n1, n2 = connect(srv, 1), connect(srv, 2)
         await join(srv, n1, 1, 1)
         await join(srv, n2, 2, 1)
-        await call(srv, n1, "attach", volume="dg/data", mode="rw", key=key(1, 1))
-        d2 = (await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 1)))
+        await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))
+        d2 = (await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1)))
         victims = [{"node": 2, "incarnation": 1}]
         # Node 2 is still a member: nobody may fence it.
         with pytest.raises(InvalidArgument, match="still a member"):
@@ -96,11 +90,11 @@ async def test_fence_is_for_members_and_spares_a_rejoined_incarnation(tmp_path, 
         with pytest.raises(Revoked):
             await op(srv, n2, "write", b"x" * 512, delegation=d2["delegation"]["id"], offset=0)
         with pytest.raises(ReservationConflict):
-            await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 1))
+            await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         # Node 2 rejoins as incarnation 2; a late fence of incarnation 1 (a slow
         # survivor) must leave the new key registered and its writes working.
         await join(srv, n2, 2, 2)
-        d2 = await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 2))
+        d2 = await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 2))
         await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
         keys = (await call(srv, FakeSession(), "pr_read_keys"))["disks"][0]["keys"]
         assert coord.format_key(key(2, 2)) in {k["key"] for k in keys}
@@ -116,7 +110,7 @@ async def test_remote_write_with_a_preempted_key_is_refused(tmp_path, autojump_c
     srv = await make_cluster_server(tmp_path)
     try:
         n2 = connect(srv, 2)
-        d = await call(srv, n2, "attach", volume="dg/data", mode="rw", key=key(2, 1))
+        d = await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         await op(srv, n2, "write", b"a" * 512, delegation=d["delegation"]["id"], offset=0)
 
         async def acknowledge():               # the holder acks the revoke push
