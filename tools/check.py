@@ -376,8 +376,9 @@ class Trial:
             status = {}
         for n, ws in self.writers.items():          # (d): the current writers still run
             if ws and ws[-1].proc.poll() is not None:
+                err = ws[-1].proc.stderr.read().decode(errors="replace").strip().splitlines()
                 self.violations.append(f"(d) node {n}'s writer died (exit status "
-                                       f"{ws[-1].proc.returncode})")
+                                       f"{ws[-1].proc.returncode})" + (f": {err[-1]}" if err else ""))
         for ws in self.writers.values():
             for w in ws:
                 w.stop(timeout=5)
