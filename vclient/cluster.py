@@ -21,6 +21,7 @@ from fencevol.errors import (
     Conflict,
     FencevolError,
     InvalidArgument,
+    IOFailure,
     Unavailable,
 )
 
@@ -94,6 +95,8 @@ class FenceDriver:
         self._busy = trio.Lock()          # one flow (join, leave, race) at a time
         self.left_nodes: set[int] = set()
         self.fencing: list[int] = []      # victims whose fence is in progress
+        self.unfenced: dict[int, int] = {}  # victims whose fence failed: writes stay paused
+        self._retry_fence_at = 0.0
 
     # -- heartbeat glue ---------------------------------------------------------------------
     def _snapshot(self) -> dict:
@@ -275,6 +278,14 @@ class FenceDriver:
         return best
 
     async def _check(self) -> None:
+        if self.unfenced:
+            if trio.current_time() < self._retry_fence_at:
+                return
+            self._retry_fence_at = trio.current_time() + 2.0
+            async with self._busy:
+                await self._fence(self.unfenced, self.unfenced)
+            self.node.resume_all("membership")
+            return
         newer = self._newer_view()
         if newer is not None:
             await self._follow(newer)
@@ -301,8 +312,10 @@ class FenceDriver:
         log.info("node %d follows generation %d: members %s", self.me, gen, sorted(members))
         victims = removed - leavers
         if victims:
+            self.node.pause_all("membership")
             async with self._busy:
                 await self._fence(victims)
+            self.node.resume_all("membership")
 
     async def _membership_change(self, lost: frozenset[int]) -> None:
         t0 = time.monotonic()
@@ -316,15 +329,15 @@ class FenceDriver:
         racer = decisions.racer_of(sub)
         log.warning("node %d lost %s; subcluster %s, racer node %d", self.me, sorted(lost),
                     sorted(sub), racer)
-        try:
-            if racer == self.me:
-                await self._race(sub)
-            else:
-                await self._await_racer(racer, lost)
-        finally:
-            # An ejected node's gates are fenced, which dominates any pause; lifting
-            # the pause keeps a later rejoin from finding it still set.
-            self.node.resume_all("membership")
+        if racer == self.me:
+            await self._race(sub)
+        else:
+            await self._await_racer(racer, lost)
+        # Reached only when the fence (if any) was confirmed, or the node ejected
+        # itself: an ejected node's gates are fenced, which dominates any pause, and
+        # lifting the pause keeps a later rejoin from finding it still set. A fence
+        # that failed raised past this: writes stay paused until it is confirmed.
+        self.node.resume_all("membership")
         log.info("membership change handled in %.3fs: state %s, generation %d, members %s",
                  time.monotonic() - t0, self.state, self.generation, sorted(self.members))
 
@@ -427,6 +440,7 @@ class FenceDriver:
         timeout = lease["duration"] + lease.get("margin", 1.0) + 10
         t0 = time.monotonic()
         self.fencing = victims
+        delay = 0.5
         try:
             while True:
                 try:
@@ -436,11 +450,20 @@ class FenceDriver:
                                               for v in victims]},
                         timeout=timeout)
                     break
-                except Unavailable as exc:
-                    log.warning("fence request failed (%s); retrying", exc)
-                    await trio.sleep(0.5)
+                except (Unavailable, ChecksumError, IOFailure) as exc:
+                    # Not confirmed: writes stay paused while it is retried.
+                    log.warning("fence of nodes %s not confirmed (%s); retrying in %.1fs",
+                                victims, exc, delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                except FencevolError as exc:
+                    self.unfenced = {v: incarnations[v] for v in victims}
+                    log.critical("fence of nodes %s refused (%s): writes stay paused; it is "
+                                 "retried", victims, exc)
+                    raise
         finally:
             self.fencing = []
+        self.unfenced = {}
         self.stats.last_fence = self.stats.record(
             "fenced", victims=victims, incarnations={str(v): i for v, i in incarnations.items()},
             seconds=round(time.monotonic() - t0, 3),
@@ -462,6 +485,7 @@ class FenceDriver:
                               "links": [f"{h}:{p}" for h, p in self.opts.links],
                               "sent": self.hb.sent, "received": self.hb.received},
                 "races": self.stats.races, "races_won": self.stats.races_won,
-                "fencing": self.fencing, "last_fence": self.stats.last_fence,
+                "fencing": self.fencing, "unfenced": sorted(self.unfenced),
+                "last_fence": self.stats.last_fence,
                 "last_change": self.stats.last_change, "history": self.stats.history}
 

@@ -20,7 +20,14 @@ import trio
 
 from fencevol import coord
 from fencevol.coord import format_key, key_node
-from fencevol.errors import Conflict, FencevolError, InUse, InvalidArgument, NotFound
+from fencevol.errors import (
+    ChecksumError,
+    Conflict,
+    FencevolError,
+    InUse,
+    InvalidArgument,
+    NotFound,
+)
 from fencevol.extents import ExtentMap
 from fencevol.units import parse_size
 
@@ -68,6 +75,18 @@ async def write_membership(srv: VolumeServer, group: Group, vol, m: coord.Member
 def _fdatasync_all(fds) -> None:
     for fd in fds:
         os.fdatasync(fd)
+
+
+def _persist_each(disks: list[Disk]) -> list[tuple[Disk, str]]:
+    """Persist each disk's reservation table; the disks it failed on, and why
+    (blocking: run it in a worker thread)."""
+    failed = []
+    for disk in disks:
+        try:
+            disk.write_pr()
+        except (FencevolError, OSError) as exc:
+            failed.append((disk, str(exc)))
+    return failed
 
 
 def _key_cluster_bits(cluster_id: str) -> int:
@@ -208,12 +227,16 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
         return (node in victims and key >> 48 == cluster_bits
                 and (key & 0xFFFFFFFF) <= victims[node])
 
+    names = sorted(victims)
     async with srv.fence_lock:
-        # 1. PREEMPT AND ABORT those registrations, on every disk.
+        # 1. PREEMPT AND ABORT those registrations, on every disk of every group --
+        #    a disk with a metadata problem elsewhere (a damaged older label copy,
+        #    say) included: this server stops honouring the keys at once (memory),
+        #    and each changed table is persisted on its own disk.
         changed: list[Disk] = []
         preempted = 0
         for disk in srv.disks.values():
-            if disk.problems or not disk.label or not disk.label.dg_name:
+            if not disk.label or not disk.label.dg_name:
                 continue
             t = disk.pr
             hit = False
@@ -225,8 +248,7 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
                 hit = True
             if hit:
                 changed.append(disk)
-        if changed:
-            await trio.to_thread.run_sync(write_pr_all, changed)
+        failed = await trio.to_thread.run_sync(_persist_each, changed)
         # 2. Abort: revoke the delegations granted to those keys; wait for acks or
         #    lease + margin.
         delegs = [d for d in srv.table.by_id.values() if d.node in victims and (not d.key or doomed(d.key))]
@@ -237,8 +259,15 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
             srv.table.release(d.id)
         srv.notify()
         await srv.persist_delegations()
+    if failed:
+        # Never report a fence that another server (after a restart, an import) could
+        # undo: the caller keeps its writes paused and retries.
+        detail = "; ".join(f"disk {d.name}: {err}" for d, err in failed)
+        log.error("fence of nodes %s incomplete: %s", names, detail)
+        raise ChecksumError(f"fence of nodes {names} is not on every disk yet ({detail}); their "
+                            "keys are refused by this server, and the fence is retried -- repair "
+                            "the disk (`vctl dg repair`)")
     seconds = trio.current_time() - t0
-    names = sorted(victims)
     log.warning("node %d fenced nodes %s of cluster %s: %d key(s) preempted, acknowledged by %s, "
                 "lease expired for %s, %.3fs", sess.node, names, m.cluster_id, preempted, acked,
                 expired, seconds)

@@ -6,7 +6,7 @@ import trio
 from test_delegations import FakeSession, call, connect, make_server
 
 from fencevol import coord
-from fencevol.errors import Conflict, InvalidArgument, ReservationConflict, Revoked
+from fencevol.errors import ChecksumError, Conflict, InvalidArgument, ReservationConflict, Revoked
 from vserver.ops import dispatch
 from vserver.server import VolumeServer
 
@@ -123,5 +123,73 @@ async def test_remote_write_with_a_preempted_key_is_refused(tmp_path, autojump_c
             await call(srv, FakeSession(), "pr_preempt", key=coord.format_key(key(2, 1)))
         with pytest.raises((Revoked, ReservationConflict)):
             await op(srv, n2, "write", b"b" * 512, delegation=d["delegation"]["id"], offset=0)
+    finally:
+        srv.close()
+
+
+def corrupt_slot(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset + 40)
+        b = f.read(1)
+        f.seek(offset + 40)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+async def fenceable(tmp_path):
+    """Nodes 1 and 2 members, both attached with keys; node 2 then removed."""
+    srv = await make_cluster_server(tmp_path)
+    n1, n2 = connect(srv, 1), connect(srv, 2)
+    await join(srv, n1, 1, 1)
+    await join(srv, n2, 2, 1)
+    await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))
+    await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
+    deleg, m = await read_coord(srv, n1)
+    await write_coord(srv, n1, deleg, m.generation, m.changed({2: {"is_member": False}}))
+    await call(srv, n1, "detach", delegation=deleg)
+    return srv, n1, n2
+
+
+async def test_fence_covers_a_disk_with_a_damaged_older_label(tmp_path, autojump_clock):
+    """Issue 10, finding 1: a CRC error in the unused older label copy made the fence
+    skip the disk and report success with nothing preempted."""
+    from fencevol import ondisk
+    srv, n1, n2 = await fenceable(tmp_path)
+    try:
+        disk = next(iter(srv.disks.values()))
+        older = 1 - disk.areas[ondisk.LABEL].best.slot
+        corrupt_slot(disk.path, ondisk.slot_offset(ondisk.LABEL, older))
+        disk.reload()
+        assert disk.problems
+        r = await call(srv, n1, "fence", coordinator="dg/coord", victims=[{"node": 2, "incarnation": 1}])
+        assert r["preempted"] == 1
+        disk.reload()                                  # persisted, not only in memory
+        assert key(2, 1) not in disk.pr.registrations and key(2, 1) in disk.pr.preempted
+        with pytest.raises(ReservationConflict):
+            await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
+    finally:
+        srv.close()
+
+
+async def test_fence_that_cannot_be_persisted_is_refused(tmp_path, autojump_clock):
+    """The reservation slot the fence must write is damaged: the server stops
+    honouring the key at once but does not report the fence done (the survivors
+    keep their writes paused and retry); after `dg repair` it succeeds."""
+    from fencevol import ondisk
+    srv, n1, n2 = await fenceable(tmp_path)
+    try:
+        disk = next(iter(srv.disks.values()))
+        target = disk.areas[ondisk.PR].next_slot
+        corrupt_slot(disk.path, ondisk.slot_offset(ondisk.PR, target))
+        disk.reload()
+        victims = [{"node": 2, "incarnation": 1}]
+        with pytest.raises(ChecksumError, match="not on every disk"):
+            await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
+        with pytest.raises(ReservationConflict):
+            await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
+        await call(srv, FakeSession(), "dg_repair", name="dg")
+        r = await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
+        assert r["fenced"] == [2]
+        disk.reload()
+        assert key(2, 1) in disk.pr.preempted
     finally:
         srv.close()
