@@ -3,18 +3,28 @@
 Each node sends, every ``interval`` seconds on every link, a datagram to each
 peer's address on that link::
 
-    JSON {"v": 1, "c": cluster, "n": node, "i": incarnation, "q": seq,
-          "st": state, "g": generation, "m": [members], "h": [nodes heard],
-          "p": peer-list hash}  +  16-byte HMAC-SHA256 tag (key derived from the
-          cluster key)
+    JSON {"v": 2, "c": cluster, "n": node, "i": incarnation, "q": seq,
+          "st": state, "g": generation, "m": [members],
+          "h": {node heard: the last seq heard from it}, "p": peer-list hash}
+          +  16-byte HMAC-SHA256 tag (key derived from the cluster key)
 
-A peer is *reachable* when a heartbeat from it arrived on any link within
-``timeout`` and that heartbeat says it hears this node too (so a one-way cut is
-seen by both sides). Forged, foreign-cluster and unknown-node datagrams are
-dropped and logged once."""
+Freshness: ``seq`` grows by one per heartbeat from a start at the sender's wall
+clock in microseconds (so it keeps growing across restarts); a receiver drops a
+heartbeat whose seq is not above the last it accepted from that sender (a replayed
+or reordered datagram never rolls a peer's state back). And a peer is *reachable*
+only when a heartbeat from it arrived on any link within ``timeout`` *and* it
+echoes a seq this node sent within the last ``timeout``: it hears this node now
+(so a one-way cut is seen by both sides, and a datagram captured from a dead node
+and replayed later -- even to a receiver that restarted and has no history --
+never makes it reachable: its echo is stale). No clocks are compared across hosts.
+
+Forged, foreign-cluster and unknown-node datagrams are dropped and logged once.
+Configuration problems (a different peer list) are sticky; a duplicate node id
+is reported while the conflicting source was heard within ``DUPLICATE_MEMORY``."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
@@ -33,6 +43,8 @@ log = logging.getLogger("vclient.heartbeat")
 
 TAG = 16
 MAX_DATAGRAM = 4096
+VERSION = 2
+DUPLICATE_MEMORY = 10.0        # seconds a duplicate node id stays reported
 
 
 def heartbeat_key(cluster_key: bytes) -> bytes:
@@ -56,8 +68,9 @@ class PeerState:
     state: str = ""
     generation: int = 0
     members: frozenset[int] = frozenset()
-    hears: frozenset[int] = frozenset()
+    hears: dict[int, int] = field(default_factory=dict)   # node -> last seq it heard from it
     peers_hash: int = 0
+    last_seq: int = -1                # the highest seq accepted from it
 
     def describe(self, now: float) -> dict:
         return {"node": self.node, "state": self.state, "generation": self.generation,
@@ -80,20 +93,43 @@ class Heartbeats:
         self.snapshot = snapshot          # -> {"i", "st", "g", "m"} of this node, now
         self.on_change = on_change        # called when a peer's announced view changes
         self.hash = peers_hash(list(peers) + [node])
-        self.seq = 0
+        self.seq = time.time_ns() // 1000
+        self.recent: collections.deque = collections.deque()   # (monotonic time, seq) sent
         self.sockets: list[trio.socket.SocketType] = []
-        self.problems: dict[str, str] = {}   # sticky configuration errors, by kind
+        self._problems: dict[str, tuple[str, float]] = {}    # kind -> (message, last seen)
         self._logged: set[str] = set()
         self._kick = trio.Event()
         self.sent = 0
         self.received = 0
 
     # -- state ------------------------------------------------------------------------------
+    @property
+    def problems(self) -> dict[str, str]:
+        return self.problems_at(time.monotonic())
+
+    def problems_at(self, now: float) -> dict[str, str]:
+        """Configuration problems seen: sticky ones, and duplicates heard lately."""
+        return {k: msg for k, (msg, seen) in self._problems.items()
+                if not k.startswith("duplicate") or now - seen < DUPLICATE_MEMORY}
+
+    def _problem(self, kind: str, message: str, now: float) -> None:
+        self._problems[kind] = (message, now)
+
+    def oldest_fresh_seq(self, now: float) -> int:
+        """The smallest seq this node sent within the last ``timeout``: an echo at
+        least this recent proves the peer hears this node now."""
+        for t, seq in self.recent:
+            if now - t < self.timeout:
+                return seq
+        return self.seq + 1
+
     def reachable(self, now: float | None = None) -> frozenset[int]:
-        """This node plus every peer heard recently that hears it too."""
+        """This node plus every peer heard recently that hears it now."""
         now = time.monotonic() if now is None else now
+        fresh = self.oldest_fresh_seq(now)
         return frozenset({self.node} | {p.node for p in self.peers.values()
-                                        if now - p.last_heard < self.timeout and self.node in p.hears})
+                                        if now - p.last_heard < self.timeout
+                                        and p.hears.get(self.node, -1) >= fresh})
 
     def heard(self, now: float | None = None) -> frozenset[int]:
         now = time.monotonic() if now is None else now
@@ -104,12 +140,18 @@ class Heartbeats:
         self._kick.set()
 
     # -- wire -------------------------------------------------------------------------------
-    def _encode(self) -> bytes:
+    def _encode(self, now: float | None = None) -> bytes:
+        now = time.monotonic() if now is None else now
         snap = self.snapshot()
         self.seq += 1
-        body = json.dumps({"v": 1, "c": self.cluster_id, "n": self.node, "i": snap["i"],
+        self.recent.append((now, self.seq))
+        while self.recent and now - self.recent[0][0] > 2 * self.timeout:
+            self.recent.popleft()
+        heard = {str(p.node): p.last_seq for p in self.peers.values()
+                 if now - p.last_heard < self.timeout}
+        body = json.dumps({"v": VERSION, "c": self.cluster_id, "n": self.node, "i": snap["i"],
                            "q": self.seq, "st": snap["st"], "g": snap["g"], "m": sorted(snap["m"]),
-                           "h": sorted(self.heard()), "p": self.hash},
+                           "h": heard, "p": self.hash},
                           separators=(",", ":")).encode()
         return body + hmac.new(self.key, body, hashlib.sha256).digest()[:TAG]
 
@@ -128,13 +170,18 @@ class Heartbeats:
         try:
             msg = json.loads(body)
             sender = int(msg["n"])
-        except (ValueError, KeyError, TypeError):
-            return self._once(f"json{addr}", "dropping unparsable heartbeat from %s", addr)
+            seq = int(msg["q"])
+            hears = {int(n): int(q) for n, q in dict(msg.get("h", {})).items()}
+            if msg.get("v") != VERSION:
+                raise ValueError("version")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return self._once(f"json{addr}", "dropping unparsable heartbeat from %s (or another "
+                              "heartbeat version than %d)", addr, VERSION)
         if msg.get("c") != self.cluster_id:
             return self._once(f"cluster{sender}", "heartbeat from node %s of cluster %r, not %r; "
                               "ignored", sender, msg.get("c"), self.cluster_id)
         if sender == self.node:
-            self.problems["duplicate"] = (f"another process at {addr} claims node id {self.node}")
+            self._problem("duplicate", f"another process at {addr} claims node id {self.node}", now)
             return self._once("dup", "another node at %s uses this node's id %d", addr, self.node)
         peer = self.peers.get(sender)
         if peer is None:
@@ -144,19 +191,25 @@ class Heartbeats:
         if known is not None and known != addr and now - peer.heard_on.get(link, -1e9) < self.timeout:
             # Two processes claim one node id: keep the one already heard, ignore the
             # other, so it cannot make this node flap (or race) over the real peer.
-            self.problems[f"duplicate{sender}"] = (
-                f"node {sender} is heard from both {known[0]}:{known[1]} and {addr[0]}:{addr[1]} "
-                f"on link {link}: two processes use node id {sender}")
+            self._problem(f"duplicate{sender}",
+                          f"node {sender} is heard from both {known[0]}:{known[1]} and "
+                          f"{addr[0]}:{addr[1]} on link {link}: two processes use node id {sender}",
+                          now)
             return self._once(f"dup{sender}", "heartbeats claiming node %d come from %s and %s; "
                               "ignoring %s (duplicate node id?)", sender, known, addr, addr)
+        if seq <= peer.last_seq:
+            return self._once(f"stale{sender}", "dropping a heartbeat of node %d that is not newer "
+                              "than the last one (replayed or reordered; logged once)", sender)
+        peer.last_seq = seq
         peer.source[link] = addr
         if msg.get("p") != self.hash:
-            self.problems["peers"] = f"node {sender} has a different peer list"
+            self._problem("peers", f"node {sender} has a different peer list", now)
             self._once(f"peers{sender}", "node %d has a different peer list than this node", sender)
         self.received += 1
         changed = (peer.generation, peer.state, peer.members) != (
             int(msg.get("g", 0)), str(msg.get("st", "")), frozenset(msg.get("m", [])))
-        was_reachable = now - peer.last_heard < self.timeout and self.node in peer.hears
+        was_reachable = (now - peer.last_heard < self.timeout
+                         and peer.hears.get(self.node, -1) >= self.oldest_fresh_seq(now))
         peer.last_heard = now
         peer.heard_on[link] = now
         peer.incarnation = int(msg.get("i", 0))
@@ -165,7 +218,7 @@ class Heartbeats:
             peer.member_incarnation = peer.incarnation
         peer.generation = int(msg.get("g", 0))
         peer.members = frozenset(int(m) for m in msg.get("m", []))
-        peer.hears = frozenset(int(h) for h in msg.get("h", []))
+        peer.hears = hears
         peer.peers_hash = int(msg.get("p", 0))
         if changed or not was_reachable:
             self.on_change()

@@ -18,14 +18,15 @@ def node(n, peers, cluster="c1", key=KEY, state="member", changes=None):
                       lambda: {"i": 7, "st": state, "g": 3, "m": [1, 2]}, on_change)
 
 
-def beat(sender: Heartbeats, hears=()) -> bytes:
-    """A datagram from ``sender``, which hears ``hears`` (encoding reads the clock)."""
-    for n in hears:
-        sender.peers[n].last_heard = time.monotonic()
-    return sender._encode()
+T = time.monotonic()    # times are T + x (both sides take ``now`` as given)
 
 
-T = time.monotonic()    # receive times are T + x (the receiver takes ``now`` as given)
+def beat(sender: Heartbeats, now: float = T, hears=()) -> bytes:
+    """A datagram from ``sender`` at ``now``, after it heard a fresh heartbeat of
+    each node in ``hears`` (Heartbeats objects) -- so it echoes their seqs."""
+    for other in hears:
+        sender.receive(other._encode(now), 0, other.links[0], now)
+    return sender._encode(now)
 
 
 def test_mutual_reachability_needs_both_directions():
@@ -33,7 +34,7 @@ def test_mutual_reachability_needs_both_directions():
     one.receive(beat(two), 0, A2, T)
     assert one.heard(T + 0.1) == {2}
     assert one.reachable(T + 0.1) == {1}            # 2 does not hear 1 yet
-    one.receive(beat(two, hears=[1]), 0, A2, T + 0.2)
+    one.receive(beat(two, T + 0.2, hears=[one]), 0, A2, T + 0.2)
     assert one.reachable(T + 0.3) == {1, 2}
     assert one.reachable(T + 0.2 + 1.3) == {1}      # silent past the timeout: lost
 
@@ -41,9 +42,44 @@ def test_mutual_reachability_needs_both_directions():
 def test_view_changes_are_reported_once():
     changes = []
     one, two = node(1, [2], changes=changes), node(2, [1])
-    one.receive(beat(two, hears=[1]), 0, A2, T)
-    one.receive(beat(two, hears=[1]), 0, A2, T + 0.25)
+    one.receive(beat(two, T, hears=[one]), 0, A2, T)
+    one.receive(beat(two, T + 0.25, hears=[one]), 0, A2, T + 0.25)
     assert len(changes) == 1
+
+
+def test_a_replayed_heartbeat_never_rolls_a_peer_back():
+    one, two = node(1, [2]), node(2, [1], state="joining")
+    old = beat(two, T, hears=[one])
+    two.snapshot = lambda: {"i": 8, "st": "member", "g": 4, "m": [1, 2]}
+    one.receive(beat(two, T + 0.25, hears=[one]), 0, A2, T + 0.25)
+    one.receive(old, 0, A2, T + 0.5)                 # captured earlier, replayed now
+    assert one.peers[2].state == "member" and one.peers[2].generation == 4
+    assert one.received == 1
+
+
+def test_a_replay_of_a_dead_node_does_not_keep_it_reachable():
+    """Issue 10, finding 3: one captured datagram of a dead node, replayed, kept it a
+    member on the survivors. Replayed to a receiver that never saw it (restarted,
+    no history), it is heard -- but it echoes a seq the receiver did not send
+    within a timeout, so the node is not reachable."""
+    one, two = node(1, [2]), node(2, [1])
+    captured = beat(two, T, hears=[one])              # node 2 alive and hearing node 1
+    for t in (T + 3.0, T + 3.25):                     # later: node 1 restarted, node 2 dead
+        one._encode(t)
+    fresh = node(1, [2])
+    fresh._encode(T + 3.0)
+    fresh.receive(captured, 0, A2, T + 3.1)
+    assert fresh.heard(T + 3.1) == {2} and fresh.reachable(T + 3.1) == {1}
+    one.receive(captured, 0, A2, T + 3.3)             # and the old receiver: stale echo
+    assert one.reachable(T + 3.3) == {1}
+
+
+def test_a_duplicate_report_expires():
+    from vclient.heartbeat import DUPLICATE_MEMORY
+    one = node(1, [2])
+    one.receive(beat(node(1, [2])), 0, ELSEWHERE, T)
+    assert "duplicate" in one.problems_at(T + 1)
+    assert one.problems_at(T + DUPLICATE_MEMORY + 0.1) == {}
 
 
 def test_rejected_datagrams_change_nothing():
@@ -59,23 +95,23 @@ def test_rejected_datagrams_change_nothing():
 def test_heartbeat_with_own_id_is_a_problem():
     one = node(1, [2])
     one.receive(beat(node(1, [2])), 0, ELSEWHERE, T)
-    assert "duplicate" in one.problems and one.received == 0
+    assert "duplicate" in one.problems_at(T) and one.received == 0
 
 
 def test_second_source_for_a_node_id_is_ignored_and_reported():
     one, two = node(1, [2]), node(2, [1])
-    one.receive(beat(two, hears=[1]), 0, A2, T)
+    one.receive(beat(two, T, hears=[one]), 0, A2, T)
     impostor = node(2, [1], state="joining")     # same id, another address, hears nobody
     for t in (T + 0.1, T + 0.3, T + 0.6):
-        one.receive(beat(impostor), 0, ELSEWHERE, t)
-        one.receive(beat(two, hears=[1]), 0, A2, t + 0.05)
+        one.receive(beat(impostor, t), 0, ELSEWHERE, t)
+        one.receive(beat(two, t + 0.05, hears=[one]), 0, A2, t + 0.05)
     assert one.reachable(T + 0.7) == {1, 2}         # no flapping over the real node 2
     assert one.peers[2].state == "member"
-    assert "both 127.0.0.1:7002 and 127.0.0.9:7002" in one.problems["duplicate2"]
+    assert "both 127.0.0.1:7002 and 127.0.0.9:7002" in one.problems_at(T + 0.7)["duplicate2"]
 
 
 def test_new_source_after_silence_is_a_restart_not_a_duplicate():
     one, two = node(1, [2]), node(2, [1])
-    one.receive(beat(two, hears=[1]), 0, A2, T)
-    one.receive(beat(two, hears=[1]), 0, ELSEWHERE, T + 1.3)
-    assert one.peers[2].source[0] == ELSEWHERE and not one.problems
+    one.receive(beat(two, T, hears=[one]), 0, A2, T)
+    one.receive(beat(two, T + 1.3, hears=[one]), 0, ELSEWHERE, T + 1.3)
+    assert one.peers[2].source[0] == ELSEWHERE and not one.problems_at(T + 1.3)
