@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -200,6 +201,29 @@ def new_label(disk: Disk, name: str | None) -> ondisk.Label:
                         public_offset=ondisk.PRIVATE_SIZE, created=time.time())
 
 
+def refuse_if_holding_data(disk: Disk) -> None:
+    """A disk without a fencevol label is initialized only if the region about to be
+    written is all zeros: anything else may be someone's data (a filesystem, a
+    partition table, LVM). ``blkid`` names what it recognizes."""
+    data = directio.read_range(disk.fd, 0, ondisk.PRIVATE_SIZE, 4096)
+    first = len(data) - len(data.lstrip(b"\0"))
+    if first == len(data):
+        return
+    what = ""
+    try:
+        cp = subprocess.run(["blkid", "-p", "-o", "export", disk.path], capture_output=True,
+                            text=True, timeout=10)
+        found = dict(line.split("=", 1) for line in cp.stdout.splitlines() if "=" in line)
+        kind = found.get("TYPE") or found.get("PTTYPE")
+        if kind:
+            what = f"a {kind} signature (blkid); "
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    raise InUse(f"{disk.path} holds data ({what}first non-zero byte at offset {first} of the "
+                f"{format_size(ondisk.PRIVATE_SIZE)} that init writes); refusing to overwrite "
+                "it -- use --force if it is really unused")
+
+
 def init_disk(disk: Disk, name: str | None, force: bool) -> ondisk.Label:
     """Write a fresh private region with a new label (no group)."""
     if disk.size < ondisk.MIN_DISK_SIZE:
@@ -213,6 +237,8 @@ def init_disk(disk: Disk, name: str | None, force: bool) -> ondisk.Label:
                             f"({disk.label.disk_id}); use --force to re-initialize")
     if disk.problems and not force:
         raise ChecksumError(disk.describe_problems() + "; use --force to re-initialize")
+    if not disk.label and not force:
+        refuse_if_holding_data(disk)
     label = new_label(disk, name)
     ondisk.clear_private_region(disk.fd)
     disk.reload()

@@ -244,3 +244,26 @@ def test_bad_input_changes_nothing(server, tmp_path):
             private_region_digest(disks)) == snapshot
     status = json.loads(vctl(server, "status", "--json").stdout)
     assert status["server"]["listen"] == server.address
+
+
+def test_disk_init_refuses_a_disk_that_holds_data(server, tmp_path):
+    """Issue 10, finding 4: an ext4 filesystem at offset 1 MiB was wiped without
+    --force. Anything but zeros where init writes is refused, and nothing changes."""
+    img = tmp_path / "data.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    fs = tmp_path / "fs.img"
+    with open(fs, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(fs)], check=True, capture_output=True)
+    with open(fs, "rb") as src, open(img, "r+b") as dst:
+        dst.seek(1 << 20)
+        dst.write(src.read())
+    before = hashlib.sha256(img.read_bytes()).hexdigest()
+    r = vctl(server, "disk", "init", str(img), check=False)
+    assert r.returncode != 0 and "holds data" in r.stderr and "first non-zero byte" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert hashlib.sha256(img.read_bytes()).hexdigest() == before          # untouched
+    vctl(server, "disk", "init", str(img), "--force")                       # on purpose: allowed
+    fresh = tmp_path / "fresh.img"
+    vctl(server, "disk", "init", str(fresh), "--size", "64M")               # a new image: fine
