@@ -36,7 +36,8 @@ from fencevol.crc import crc32c
 from fencevol.errors import ChecksumError, InvalidArgument, NotFound
 
 MAGIC = b"FENCEVOL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2               # 2: an area's first write fills both slots (see read_area)
+READABLE_VERSIONS = (1, 2)
 SLOT_HEADER = struct.Struct(">8sHHQII")
 PRIVATE_SIZE = 4 << 20
 
@@ -76,6 +77,11 @@ class SlotState:
     generation: int | None = None    # None: empty or unreadable
     payload: bytes | None = None     # set only when the checksum holds
     problem: str | None = None       # why the slot is unusable (None for empty/valid)
+    version: int = 0                 # format version of a valid copy
+
+    @property
+    def empty(self) -> bool:
+        return self.generation is None and self.problem is None
 
 
 def decode_slot(kind: int, slot: int, raw: bytes) -> SlotState:
@@ -88,7 +94,7 @@ def decode_slot(kind: int, slot: int, raw: bytes) -> SlotState:
         if any(raw[:SLOT_HEADER.size]):
             st.problem = "no fencevol magic (overwritten?)"
         return st
-    if version != FORMAT_VERSION or k != kind or plen > len(raw) - SLOT_HEADER.size:
+    if version not in READABLE_VERSIONS or k != kind or plen > len(raw) - SLOT_HEADER.size:
         st.problem = (f"bad header (format version {version}, kind {k}, length {plen}); "
                       "checksum cannot be verified")
         return st
@@ -100,7 +106,12 @@ def decode_slot(kind: int, slot: int, raw: bytes) -> SlotState:
         st.problem = f"CRC-32C mismatch (stored {crc:#010x}, computed {actual:#010x})"
         return st
     st.payload = payload
+    st.version = version
     return st
+
+
+MISSING_COPY = ("empty, but its area was written in pairs: a copy was wiped (if it was the "
+                "newer one, this metadata rolled back to the other copy's generation)")
 
 
 @dataclass
@@ -145,11 +156,20 @@ def _read_slot(fd: int, kind: int, slot: int) -> memoryview:
 
 
 def read_area(fd: int, kind: int) -> AreaState:
+    """Both slots and the newest valid copy. An area's first write fills both slots
+    (format version 2), so one valid copy next to an empty slot is damage, not a
+    fresh area: the empty slot may have held the newest copy (zeroed by a tool, a
+    faulty disk) and the area would silently roll back -- it is reported instead,
+    and ``write_area`` will not write over it until a repair confirms the copy."""
     slots = []
     for slot in (0, 1):
         slots.append(decode_slot(kind, slot, _read_slot(fd, kind, slot)))
     valid = [s for s in slots if s.payload is not None]
     best = max(valid, key=lambda s: s.generation) if valid else None
+    if len(valid) == 1 and valid[0].version >= 2:
+        other = slots[1 - valid[0].slot]
+        if other.empty:
+            other.problem = MISSING_COPY
     return AreaState(kind, slots, best)
 
 
@@ -166,12 +186,29 @@ def write_area(fd: int, area: AreaState, payload: dict, generation: int | None =
     data = encode_slot(area.kind, gen, json.dumps(payload, separators=(",", ":")).encode())
     buf = directio.aligned_buffer(-(-len(data) // IO_UNIT) * IO_UNIT)
     buf[:len(data)] = data
-    os.pwrite(fd, buf, slot_offset(area.kind, target))
+    first = area.best is None and all(s.empty for s in area.slots)
+    targets = (0, 1) if first else (target,)       # a fresh area gets both copies
+    for t in targets:
+        os.pwrite(fd, buf, slot_offset(area.kind, t))
     os.fdatasync(fd)
-    st = SlotState(target, gen, data[SLOT_HEADER.size:])
     slots = list(area.slots)
-    slots[target] = st
-    return AreaState(area.kind, slots, st)
+    for t in targets:
+        slots[t] = SlotState(t, gen, data[SLOT_HEADER.size:], version=FORMAT_VERSION)
+    return AreaState(area.kind, slots, slots[targets[0]])
+
+
+def restore_copy(fd: int, area: AreaState) -> AreaState:
+    """Repair: write the area's newest valid copy into its other slot (confirming
+    it; what a missing newer copy held is lost) and fdatasync."""
+    if area.best is None:
+        raise ChecksumError(f"no valid {KIND_NAMES[area.kind]} copy to restore from")
+    other = 1 - area.best.slot
+    data = encode_slot(area.kind, area.best.generation, area.best.payload)
+    buf = directio.aligned_buffer(-(-len(data) // IO_UNIT) * IO_UNIT)
+    buf[:len(data)] = data
+    os.pwrite(fd, buf, slot_offset(area.kind, other))
+    os.fdatasync(fd)
+    return read_area(fd, area.kind)
 
 
 def clear_slot(fd: int, kind: int, slot: int) -> None:

@@ -16,6 +16,7 @@ from fencevol import directio, modes, ondisk
 from fencevol.coord import format_key, key_node
 from fencevol.errors import (
     AlreadyExists,
+    ChecksumError,
     Conflict,
     Fenced,
     FencevolError,
@@ -361,14 +362,33 @@ async def op_dg_repair(srv: VolumeServer, sess, args, payload):
 
 
 def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
+    """Rewrite every damaged or missing copy from the newest valid one, saying which
+    generation each area keeps -- a copy that went missing may have been newer."""
     repaired = []
+    missing_config = [d for d in group.disks.values()
+                      if any(s.problem == ondisk.MISSING_COPY for s in d.areas[ondisk.CONFIG].slots)]
+    if missing_config and len(missing_config) == len(group.disks):
+        repaired.append(f"configuration: a copy is missing on every disk; the group falls back "
+                        f"to generation {cfg.generation - 1} (anything a later generation held -- "
+                        "volumes created, resized or removed -- is lost)")
     for disk in group.disks.values():
         for kind, area in list(disk.areas.items()):
-            for st in area.slots:
-                if st.problem:
-                    repaired.append(f"{disk.name}: {ondisk.KIND_NAMES[kind]} slot {'AB'[st.slot]}")
+            bad = [st for st in area.slots if st.problem]
+            if not bad:
+                continue
+            for st in bad:
+                if st.problem != ondisk.MISSING_COPY:
                     ondisk.clear_slot(disk.fd, kind, st.slot)
-        os.fdatasync(disk.fd)
+            os.fdatasync(disk.fd)
+            kept = ondisk.read_area(disk.fd, kind)
+            what = f"{disk.name}: {ondisk.KIND_NAMES[kind]} slot {'AB'[bad[0].slot]} ({bad[0].problem})"
+            if kept.best is not None:
+                ondisk.restore_copy(disk.fd, kept)
+                what += f": rewritten from generation {kept.best.generation}"
+                if kind == ondisk.PR:
+                    what += (" -- registrations and preemptions made after it are lost: fence "
+                             "again any node fenced since")
+            repaired.append(what)
         disk.reload()
         if disk.label is not None and disk.areas[ondisk.LABEL].best is not None:
             disk.write_label(disk.label)
@@ -514,7 +534,15 @@ def registered_everywhere(srv: VolumeServer, d: Delegation) -> bool:
 
 
 async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, node: int) -> None:
-    """REGISTER ``key`` on every disk of ``vol``; a preempted key is refused."""
+    """REGISTER ``key`` on every disk of ``vol``; a preempted key is refused, and so
+    is any key on a disk whose reservation table is damaged or missing a copy (it
+    may have rolled back past a preemption)."""
+    for i in sorted(vol.disk_ids()):
+        disk = group.disks[i]
+        if any(s.problem for s in disk.areas[ondisk.PR].slots):
+            raise ChecksumError(f"disk {disk.name}: its reservation table is damaged or missing a "
+                                "copy, so a fenced node's key might be honoured again; nothing is "
+                                f"attached until `vctl dg repair {group.name}` confirms a copy")
     todo = [group.disks[i] for i in sorted(vol.disk_ids()) if key not in group.disks[i].pr.registrations]
     if not todo:
         return

@@ -184,12 +184,60 @@ async def test_fence_that_cannot_be_persisted_is_refused(tmp_path, autojump_cloc
         victims = [{"node": 2, "incarnation": 1}]
         with pytest.raises(ChecksumError, match="not on every disk"):
             await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
-        with pytest.raises(ReservationConflict):
+        with pytest.raises((ReservationConflict, ChecksumError)):       # refused either way
             await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         await call(srv, FakeSession(), "dg_repair", name="dg")
         r = await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
         assert r["fenced"] == [2]
         disk.reload()
         assert key(2, 1) in disk.pr.preempted
+    finally:
+        srv.close()
+
+
+def zero_slot(path, kind, slot):
+    from fencevol import ondisk
+    with open(path, "r+b") as f:
+        f.seek(ondisk.slot_offset(kind, slot))
+        f.write(bytes(4096))
+
+
+async def test_a_zeroed_newest_reservation_copy_does_not_roll_back_a_fence(tmp_path, autojump_clock):
+    """Issue 10, finding 2: zeroing the newest copy of the reservation table brought
+    back the previous one, with the fenced key registered again, as "ok"."""
+    from fencevol import ondisk
+    srv, n1, n2 = await fenceable(tmp_path)
+    try:
+        await call(srv, n1, "fence", coordinator="dg/coord", victims=[{"node": 2, "incarnation": 1}])
+        disk = next(iter(srv.disks.values()))
+        zero_slot(disk.path, ondisk.PR, disk.areas[ondisk.PR].best.slot)
+        disk.reload()                                   # as a restarted server would read it
+        assert key(2, 1) in disk.pr.registrations        # the older copy is what is left...
+        assert any("wiped" in p for p in disk.problems)  # ...and it is reported, not "ok"
+        with pytest.raises(ChecksumError, match="reservation table is damaged or missing a copy"):
+            await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
+        r = await call(srv, FakeSession(), "dg_repair", name="dg")
+        assert any("rewritten from generation" in x and "fence again" in x for x in r["repaired"]), r
+    finally:
+        srv.close()
+
+
+async def test_a_zeroed_newest_configuration_everywhere_is_reported_and_repaired_knowingly(
+        tmp_path, autojump_clock):
+    from fencevol import ondisk
+    srv = await make_cluster_server(tmp_path)
+    try:
+        admin = FakeSession()
+        await call(srv, admin, "vol_create", dg="dg", name="late", size=1 << 20)
+        for disk in srv.disks.values():
+            zero_slot(disk.path, ondisk.CONFIG, disk.areas[ondisk.CONFIG].best.slot)
+            disk.reload()
+            assert any("wiped" in p for p in disk.problems)
+        group = srv.groups["dg"]
+        with pytest.raises(ChecksumError):
+            group.check_writable()                      # no volume goes on the rolled-back map
+        r = await call(srv, admin, "dg_repair", name="dg")
+        assert any("falls back to generation" in x for x in r["repaired"]), r
+        assert all(not d.problems for d in srv.disks.values())
     finally:
         srv.close()
