@@ -35,7 +35,7 @@ def load_key_file(path: str) -> bytes:
     """Read a key file; a missing, unreadable, group/world-accessible or malformed
     file raises ``AuthError`` with a one-line reason."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)       # a FIFO must not hang us
     except FileNotFoundError:
         raise AuthError(f"cluster key file {path} does not exist "
                         "(copy it from the server's state directory, see docs/SECURITY.md)") from None
@@ -43,6 +43,8 @@ def load_key_file(path: str) -> bytes:
         raise AuthError(f"cannot read cluster key file {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AuthError(f"cluster key file {path} is not a regular file")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise AuthError(f"cluster key file {path} is accessible by group or others "
                             f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")

@@ -96,8 +96,10 @@ class FrameDecoder:
         self._need = None
         try:
             message = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"frame JSON does not parse: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("frame JSON nests too deeply") from None
+        except ValueError as exc:       # bad JSON, bad UTF-8, an integer too long to convert
+            raise ProtocolError(f"frame JSON does not parse: {str(exc)[:200]}") from None
         if not isinstance(message, dict):
             raise ProtocolError("frame JSON is not an object")
         return message, payload

@@ -686,8 +686,8 @@ def _io_target(srv: VolumeServer, sess: Session, args: dict, write: bool):
         raise InvalidArgument(f"{d.volume} is attached read-only")
     group, vol = srv.find_volume(d.volume)
     offset = _arg(args, "offset", int)
-    if offset < 0:
-        raise InvalidArgument("offset must be >= 0")
+    if not 0 <= offset <= vol.size:
+        raise InvalidArgument(f"offset must be 0-{vol.size} (the size of {d.volume})")
     return group, vol, srv.extent_map(group, vol), offset
 
 

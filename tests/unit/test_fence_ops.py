@@ -241,3 +241,16 @@ async def test_a_zeroed_newest_configuration_everywhere_is_reported_and_repaired
         assert all(not d.problems for d in srv.disks.values())
     finally:
         srv.close()
+
+
+async def test_remote_io_offsets_past_the_volume_are_refused_cleanly(tmp_path, autojump_clock):
+    """Issue 10, finding 8: a read at offset >= 2**63 gave an internal OverflowError."""
+    srv = await make_cluster_server(tmp_path)
+    try:
+        n1 = connect(srv, 1)
+        d = await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))
+        for offset in (2 ** 63, (1 << 20) + 1, -1):
+            with pytest.raises(InvalidArgument, match="offset must be"):
+                await op(srv, n1, "read", delegation=d["delegation"]["id"], offset=offset, length=512)
+    finally:
+        srv.close()

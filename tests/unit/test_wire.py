@@ -82,3 +82,35 @@ def test_control_request_to_a_vclient_that_goes_away_is_unavailable(tmp_path):
     finally:
         t.join()
         srv.close()
+
+
+def test_decoder_refuses_deep_nesting_and_huge_integers_cleanly():
+    """Issue 10, finding 8: these raised past the decoder (a traceback, the
+    session's other requests cancelled)."""
+    import struct
+
+    import pytest
+
+    from fencevol import wire
+    from fencevol.errors import ProtocolError
+    for body in (b"[" * 2000 + b"]" * 2000, b'{"id": ' + b"9" * 5000 + b"}"):
+        head = wire.HEADER.pack(wire.MAGIC, wire.PROTOCOL_VERSION, 0, len(body), 0, 0, 0)[:16]
+        frame = head + struct.pack(">I", wire.crc32c(body, wire.crc32c(head))) + body
+        dec = wire.FrameDecoder()
+        dec.feed(frame)
+        with pytest.raises(ProtocolError):
+            dec.next_frame()
+
+
+def test_a_key_file_that_is_a_fifo_or_a_directory_is_refused_at_once(tmp_path):
+    import os
+
+    import pytest
+
+    from fencevol import auth
+    from fencevol.errors import AuthError
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    for path in (fifo, tmp_path):
+        with pytest.raises(AuthError, match="not a regular file"):
+            auth.load_key_file(str(path))
