@@ -310,14 +310,16 @@ class Trial:
             n = self.rnd.choice(self.nodes)
             self.fault("isolate", n, "--peers")
             self.lose(t0, f"node {n} cut off from the server and its peers")
-            self.server_cuts.append((int(n), t0, time.time()))      # healed just below
+            self.server_cuts.append((int(n), t0, time.time()))      # restore() heals after
         elif fault == "isolate-server":
             # Its peers still hear it, so nobody fences it: only its lease stops it.
             n = self.rnd.choice(self.nodes)
             self.fault("isolate", n)
             time.sleep(self.rnd.uniform(6.0, 9.0))        # past its lease
-            self.fault("heal")
+            # The window ends when the heal starts: the node may legitimately
+            # re-attach and write while the heal command is still returning.
             self.server_cuts.append((int(n), t0, time.time()))
+            self.fault("heal")
             self.notes.append(f"node {n} cut off from the server for {time.time() - t0:.1f}s")
             self.wait(self.all_members, 40, f"node {n} to be back")
             return
