@@ -6,6 +6,7 @@ node operations need a node session."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -84,10 +85,15 @@ def _disk_info(srv: VolumeServer, d: Disk) -> dict:
         free = allocator.free_bytes(allocator.free_map(group.config), d.id)
     else:
         free = max(0, d.size - ondisk.PRIVATE_SIZE)
+    problems = list(d.problems)
+    used = len(json.dumps(d.pr.to_json(), separators=(",", ":")))
+    if used > 0.8 * ondisk.slot_capacity(ondisk.PR):
+        problems.append(f"reservation table {100 * used // ondisk.slot_capacity(ondisk.PR)}% full "
+                        f"({len(d.pr.registrations)} keys, {len(d.pr.preempted)} preempted)")
     return {"name": d.name, "id": d.id, "path": d.path, "size": d.size,
             "public_size": max(0, d.size - (lab.public_offset if lab else ondisk.PRIVATE_SIZE)),
             "free": free, "group": lab.dg_name if lab else "",
-            "state": "error" if d.problems else "ok", "problems": list(d.problems)}
+            "state": "error" if problems else "ok", "problems": problems}
 
 
 def _group_info(srv: VolumeServer, g: Group) -> dict:
@@ -533,10 +539,34 @@ def registered_everywhere(srv: VolumeServer, d: Delegation) -> bool:
     return all(d.key in group.disks[i].pr.registrations for i in vol.disk_ids() if i in group.disks)
 
 
-async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, node: int) -> None:
-    """REGISTER ``key`` on every disk of ``vol``; a preempted key is refused, and so
-    is any key on a disk whose reservation table is damaged or missing a copy (it
-    may have rolled back past a preemption)."""
+def keys_in_use(srv: VolumeServer) -> set[int]:
+    """Registration keys some delegation still holds."""
+    return {d.key for d in srv.table.by_id.values() if d.key}
+
+
+async def release_keys(srv: VolumeServer, disks: list[Disk], keys: set[int]) -> None:
+    """UNREGISTER ``keys`` from ``disks`` where no delegation holds them any more
+    (after a detach, a failed attach, or for a node's earlier incarnations): the
+    table would otherwise grow with every attach and rejoin until it no longer fits
+    its slot."""
+    keys = keys - keys_in_use(srv)
+    changed = []
+    for disk in disks:
+        stale = [k for k in keys if k in disk.pr.registrations]
+        for k in stale:
+            disk.pr.unregister(k)
+        if stale:
+            changed.append(disk)
+    if changed:
+        await trio.to_thread.run_sync(write_pr_all, changed)
+
+
+async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, node: int) -> list[Disk]:
+    """REGISTER ``key`` on every disk of ``vol``; return the disks it was new on. A
+    preempted key is refused, and so is any key on a disk whose reservation table
+    is damaged or missing a copy (it may have rolled back past a preemption). The
+    node's other keys that no delegation holds (earlier incarnations: restarted,
+    rejoined) are unregistered on the way."""
     for i in sorted(vol.disk_ids()):
         disk = group.disks[i]
         if any(s.problem for s in disk.areas[ondisk.PR].slots):
@@ -545,13 +575,18 @@ async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, n
                                 f"attached until `vctl dg repair {group.name}` confirms a copy")
     todo = [group.disks[i] for i in sorted(vol.disk_ids()) if key not in group.disks[i].pr.registrations]
     if not todo:
-        return
+        return []
     now = time.time()
+    in_use = keys_in_use(srv)
     for disk in todo:
         disk.pr.register(key, node, now)     # ReservationConflict if tombstoned
+        for old in [k for k, v in disk.pr.registrations.items()
+                    if v["node"] == node and k != key and k not in in_use]:
+            disk.pr.unregister(old)
     await trio.to_thread.run_sync(write_pr_all, todo)
     log.info("node %d registered key %s on %s", node, format_key(key),
              ", ".join(disk.name for disk in todo))
+    return todo
 
 
 # --- attach and delegations ------------------------------------------------------------
@@ -587,7 +622,21 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
             raise InvalidArgument("attach of a data volume needs the node's registration key")
         if key_node(pr_key) != node:
             raise InvalidArgument(f"registration key {format_key(pr_key)} is not node {node}'s")
-        await register_key(srv, group, vol, pr_key, node)
+        fresh = await register_key(srv, group, vol, pr_key, node)
+        try:
+            return await _grant(srv, sess, group, vol, key, mode, give_up, pr_key)
+        except BaseException:
+            with trio.CancelScope(shield=True):     # a refused attach leaves no key behind
+                await release_keys(srv, fresh, {pr_key})
+            raise
+    return await _grant(srv, sess, group, vol, key, mode, give_up, pr_key)
+
+
+async def _grant(srv: VolumeServer, sess: Session, group: Group, vol: Volume, key: str, mode: str,
+                 give_up: float, pr_key: int):
+    """Attach's second half: wait out conflicting holders that may still be valid,
+    then grant (or renew this holder's own delegation)."""
+    node = sess.node
     async with srv.vol_locks[key]:
         while True:
             group, vol = srv.find_volume(key)
@@ -661,6 +710,13 @@ async def op_detach(srv: VolumeServer, sess: Session, args, payload):
     srv.table.release(d.id)
     srv.notify()
     await srv.persist_delegations()
+    if d.key:
+        try:
+            group, vol = srv.find_volume(d.volume)
+            await release_keys(srv, [group.disks[i] for i in vol.disk_ids() if i in group.disks],
+                               {d.key})
+        except FencevolError as exc:              # the detach itself is done
+            log.warning("node %d detached %s; its key stays registered: %s", d.node, d.volume, exc)
     log.info("node %d detached %s", d.node, d.volume)
     return {"detached": d.volume}, b""
 

@@ -254,3 +254,34 @@ async def test_remote_io_offsets_past_the_volume_are_refused_cleanly(tmp_path, a
                 await op(srv, n1, "read", delegation=d["delegation"]["id"], offset=offset, length=512)
     finally:
         srv.close()
+
+
+async def test_registrations_do_not_pile_up(tmp_path, autojump_clock):
+    """Issue 10, finding 6: keys were never removed; after ~510 attaches every
+    attach failed ("does not fit its slot") while status said ok. Detaches, failed
+    attaches and a node's earlier incarnations now leave no key behind."""
+    srv = await make_cluster_server(tmp_path)
+    try:
+        disk = next(iter(srv.disks.values()))
+        n1, n2 = connect(srv, 1), connect(srv, 2)
+        for inc in range(1, 601):                          # 600 attach/detach cycles
+            d = await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, inc))
+            await call(srv, n1, "detach", delegation=d["delegation"]["id"])
+        assert {k for k in disk.pr.registrations if coord.key_node(k) == 1} == set()
+        for inc in range(1, 301):                          # restarts that never detached
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1000 + inc))
+            srv.table.by_id.clear()                        # the holder vanished, lease gone
+        assert [k for k in disk.pr.registrations if coord.key_node(k) == 1] == [key(1, 1300)]
+        held = await call(srv, n2, "attach", volume="dg/v", mode="ex", key=key(2, 1))
+        with pytest.raises(Conflict):                      # a refused attach keeps no key
+            await call(srv, n1, "attach", volume="dg/v", mode="ex", key=key(1, 2000))
+        assert key(1, 2000) not in disk.pr.registrations
+        status = await call(srv, FakeSession(), "status")
+        assert all(d["state"] == "ok" for d in status["disks"]), status["disks"]
+        assert held
+        for n in range(10, 560):                           # a table really filling up is said
+            disk.pr.register(key(n, 1), n, 0.0)
+        status = await call(srv, FakeSession(), "status")
+        assert any("reservation table" in p and "full" in p for p in status["disks"][0]["problems"])
+    finally:
+        srv.close()
