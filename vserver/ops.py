@@ -378,6 +378,7 @@ def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
                         f"to generation {cfg.generation - 1} (anything a later generation held -- "
                         "volumes created, resized or removed -- is lost)")
     for disk in group.disks.values():
+        label = disk.label          # with a membership recovered from the configuration copy
         for kind, area in list(disk.areas.items()):
             bad = [st for st in area.slots if st.problem]
             if not bad:
@@ -396,8 +397,8 @@ def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
                              "again any node fenced since")
             repaired.append(what)
         disk.reload()
-        if disk.label is not None and disk.areas[ondisk.LABEL].best is not None:
-            disk.write_label(disk.label)
+        if label is not None:
+            disk.write_label(label)
     storage.write_config(group, cfg)
     return repaired
 

@@ -76,6 +76,31 @@ class Disk:
                 self.label = ondisk.Label.from_json(lab)
             except (KeyError, TypeError, ValueError) as exc:
                 self.problems.append(f"label does not parse: {exc!r}")
+        self._recover_group()
+
+    def _recover_group(self) -> None:
+        """The label's surviving copy names no group while its other copy is damaged:
+        the damaged copy may be the one that named it (a disk joins a group by a
+        second label write). If this disk's configuration copy lists it, it belongs
+        to that group: say so, and let ``dg repair`` rewrite the label -- never treat
+        it as a blank disk (``disk init`` would destroy its membership)."""
+        if self.label is None or self.label.dg_id:
+            return
+        if not any(s.problem for s in self.areas[ondisk.LABEL].slots):
+            return
+        try:
+            data = self.areas[ondisk.CONFIG].json() or {}
+            listed = {str(d["id"]) for d in data.get("disks", [])}
+            gid, gname = str(data["id"]), str(data["name"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return
+        if self.label.disk_id in listed:
+            lab = self.label
+            self.label = ondisk.Label(lab.disk_id, lab.name, lab.size, lab.public_offset, gid, gname,
+                                      lab.created)
+            self.problems.append(f"label: the copy naming disk group {gname} is damaged; membership "
+                                 f"recovered from the configuration copy (`vctl dg repair {gname}` "
+                                 "rewrites the label)")
 
     @property
     def id(self) -> str:

@@ -285,3 +285,38 @@ async def test_registrations_do_not_pile_up(tmp_path, autojump_clock):
         assert any("reservation table" in p and "full" in p for p in status["disks"][0]["problems"])
     finally:
         srv.close()
+
+
+async def test_a_damaged_newest_label_copy_keeps_the_disk_in_its_group(tmp_path, autojump_clock):
+    """Issue 10, finding 5: one flipped byte in the newest label copy left the older
+    copy (no group): the disk was 'missing', repair and import refused, attach hit a
+    KeyError, and the message suggested `disk init --force`."""
+    from fencevol import ondisk
+    from vserver.server import Settings
+    from vserver.storage import Disk
+    srv = await make_cluster_server(tmp_path)
+    path = next(iter(srv.disks.values())).path
+    disk = Disk.open(path)
+    try:
+        corrupt_slot(path, ondisk.slot_offset(ondisk.LABEL, disk.areas[ondisk.LABEL].best.slot))
+    finally:
+        disk.close()
+    srv.close()
+    srv = VolumeServer(Settings(state_dir=str(tmp_path / "state"), lease=srv.terms))
+    srv.open_state()                                    # a restart reads the damaged label
+    try:
+        assert "dg" in srv.groups and not srv.groups["dg"].missing
+        disk = next(iter(srv.disks.values()))
+        assert any("membership recovered" in p for p in disk.problems)
+        n1 = connect(srv, 1)
+        await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))   # no KeyError
+        admin = FakeSession()
+        with pytest.raises(Exception) as exc:
+            await call(srv, admin, "disk_init", path=path)
+        assert "--force" not in str(exc.value) and "belongs to disk group dg" in str(exc.value)
+        r = await call(srv, admin, "dg_repair", name="dg")
+        assert r["repaired"]
+        disk.reload()
+        assert disk.label.dg_name == "dg" and not disk.problems
+    finally:
+        srv.close()
