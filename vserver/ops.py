@@ -379,6 +379,7 @@ def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
                         "volumes created, resized or removed -- is lost)")
     for disk in group.disks.values():
         label = disk.label          # with a membership recovered from the configuration copy
+        pr = disk.pr                # this server's table: newer than any copy it could not write
         for kind, area in list(disk.areas.items()):
             bad = [st for st in area.slots if st.problem]
             if not bad:
@@ -399,6 +400,9 @@ def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
         disk.reload()
         if label is not None:
             disk.write_label(label)
+        if pr.to_json() != disk.pr.to_json():
+            disk.pr = pr            # e.g. a preemption a fence could not persist before
+            disk.write_pr()
     storage.write_config(group, cfg)
     return repaired
 

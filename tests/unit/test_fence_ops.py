@@ -187,6 +187,9 @@ async def test_fence_that_cannot_be_persisted_is_refused(tmp_path, autojump_cloc
         with pytest.raises((ReservationConflict, ChecksumError)):       # refused either way
             await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         await call(srv, FakeSession(), "dg_repair", name="dg")
+        assert key(2, 1) in disk.pr.preempted          # the repair persisted what memory held
+        with pytest.raises(ReservationConflict):        # so no window before the retry
+            await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         r = await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
         assert r["fenced"] == [2]
         disk.reload()
