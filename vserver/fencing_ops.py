@@ -93,6 +93,50 @@ def _key_cluster_bits(cluster_id: str) -> int:
     return coord.registration_key(cluster_id, 0, 0) >> 48
 
 
+def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:
+    """Refuse a data attach's key that is not this node's current identity (issue
+    10, finding 9). Against each coordinator volume here: a key with a cluster's
+    bits must be that cluster's member's current incarnation (an earlier one was
+    fenced or is a stale process; a later one was never joined); a member of a
+    cluster must use its cluster's key (a stand-alone key would escape the fence,
+    which preempts by cluster); any other key must be a stand-alone one. A
+    coordinator that cannot be read is skipped and logged: it cannot say who is a
+    member, and refusing every attach would not make the cluster safer."""
+    bits = key >> 48
+    incarnation = key & 0xFFFFFFFF
+    clusters: dict[int, tuple[str, coord.Membership]] = {}
+    for group in srv.groups.values():
+        for vol in group.config.volumes:
+            if vol.kind != "coordinator":
+                continue
+            name = f"{group.name}/{vol.name}"
+            try:
+                m = read_membership(srv, group, vol)
+            except (FencevolError, OSError, KeyError) as exc:
+                log.warning("attach of node %d: coordinator %s unreadable (%s); its membership "
+                            "is not checked", node, name, exc)
+                continue
+            clusters[_key_cluster_bits(m.cluster_id)] = (name, m)
+    if bits in clusters:
+        name, m = clusters[bits]
+        rec = m.record(node)
+        if rec is None or not rec.is_member:
+            raise InvalidArgument(f"key {format_key(key)} is of cluster {m.cluster_id} ({name}), which "
+                                  f"node {node} is not a member of; join the cluster first")
+        if rec.incarnation != incarnation:
+            raise InvalidArgument(f"key {format_key(key)} is incarnation {incarnation} of node {node}, "
+                                  f"but cluster {m.cluster_id} lists incarnation {rec.incarnation} "
+                                  "(a stale or fenced process); rejoin for a current key")
+        return
+    for name, m in clusters.values():
+        if node in m.members:
+            raise InvalidArgument(f"node {node} is a member of cluster {m.cluster_id} ({name}); "
+                                  f"its key must carry that cluster's bits, not {format_key(key)}")
+    if bits != _key_cluster_bits(""):
+        raise InvalidArgument(f"key {format_key(key)}: its cluster bits name no cluster whose "
+                              "coordinator is on this server, and it is not a stand-alone key")
+
+
 # --- coordinator -----------------------------------------------------------------------------
 @op("coord_create")
 async def op_coord_create(srv: VolumeServer, sess, args, payload):
@@ -140,18 +184,29 @@ async def op_coord_show(srv: VolumeServer, sess, args, payload):
 @op("coord_clear")
 async def op_coord_clear(srv: VolumeServer, sess, args, payload):
     """After a whole-cluster crash: mark every node as not a member (like
-    vxfenclearpre). Refused while anyone holds the coordinator."""
+    vxfenclearpre). Refused while anyone holds the coordinator, and while a member
+    is still up here (connected, or holding a delegation) unless ``force``: clearing
+    a live cluster's membership lets a partitioned node join beside it."""
     group, vol = _coordinator(srv, args.get("volume"))
     key = f"{group.name}/{vol.name}"
+    force = _arg(args, "force", bool, False)
     async with srv.vol_locks[key]:
         await srv.expire_now()
         if srv.table.on_volume(key):
             raise InUse(f"{key} is attached; clear it only when the cluster is down")
         m = read_membership(srv, group, vol)
+        live = sorted(n for n in m.members if n in srv.sessions or srv.table.of_node(n))
+        if live and not force:
+            raise InUse(f"node(s) {', '.join(map(str, live))} of cluster {m.cluster_id} are members and "
+                        "still up (connected or holding delegations); stop them first, or --force "
+                        "if you are sure they are down")
         new = m.changed({r.node_id: {"is_member": False} for r in m.records})
         await write_membership(srv, group, vol, new)
+    if live:
+        log.warning("coordinator %s cleared with --force while members %s were up: they keep "
+                    "writing until fenced", key, live)
     log.warning("cleared coordinator %s (generation %d -> %d)", key, m.generation, new.generation)
-    return {"membership": new.to_json()}, b""
+    return {"membership": new.to_json(), "forced_live": live}, b""
 
 
 @op("coord_write", role="node")

@@ -578,6 +578,10 @@ async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, n
             raise ChecksumError(f"disk {disk.name}: its reservation table is damaged or missing a "
                                 "copy, so a fenced node's key might be honoured again; nothing is "
                                 f"attached until `vctl dg repair {group.name}` confirms a copy")
+    for disk in srv.disks.values():        # fencing is per incarnation, on every disk
+        if key in disk.pr.preempted:
+            raise ReservationConflict(f"key {format_key(key)} of node {node} was preempted (on disk "
+                                      f"{disk.name}); the node must rejoin the cluster for a new key")
     todo = [group.disks[i] for i in sorted(vol.disk_ids()) if key not in group.disks[i].pr.registrations]
     if not todo:
         return []
@@ -627,6 +631,7 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
             raise InvalidArgument("attach of a data volume needs the node's registration key")
         if key_node(pr_key) != node:
             raise InvalidArgument(f"registration key {format_key(pr_key)} is not node {node}'s")
+        fencing_ops.check_registration_key(srv, node, pr_key)
         fresh = await register_key(srv, group, vol, pr_key, node)
         try:
             return await _grant(srv, sess, group, vol, key, mode, give_up, pr_key)

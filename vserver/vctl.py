@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import trio
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd(co, "clear", "mark every node as not a member (after a whole-cluster crash)",
             cmd_coord_clear)
     c.add_argument("volume", metavar="DG/NAME")
+    c.add_argument("--force", action="store_true",
+                   help="clear even though members are still connected (they are NOT fenced)")
 
     pr = sub.add_parser("pr", help="persistent reservations on disks (like sg_persist)").add_subparsers(
         dest="verb", required=True, metavar="VERB")
@@ -378,7 +381,10 @@ def cmd_coord_show(args) -> None:
 
 
 def cmd_coord_clear(args) -> None:
-    r = call(args, "coord_clear", {"volume": args.volume})
+    r = call(args, "coord_clear", {"volume": args.volume, "force": args.force})
+    if r.get("forced_live"):
+        print(f"WARNING: members {', '.join(map(str, r['forced_live']))} were still up; they are "
+              "not fenced and may write beside a newly formed cluster", file=sys.stderr)
     if args.json:
         return print_json(r)
     _print_membership(r["membership"])

@@ -6,7 +6,7 @@ import trio
 from test_delegations import FakeSession, call, connect, make_server
 
 from fencevol import coord
-from fencevol.errors import ChecksumError, Conflict, InvalidArgument, ReservationConflict, Revoked
+from fencevol.errors import ChecksumError, Conflict, InUse, InvalidArgument, ReservationConflict, Revoked
 from vserver.ops import dispatch
 from vserver.server import VolumeServer
 
@@ -15,6 +15,11 @@ CID = "c"
 
 def key(node, incarnation):
     return coord.registration_key(CID, node, incarnation)
+
+
+def skey(node, incarnation):
+    """A stand-alone node's key (no cluster)."""
+    return coord.registration_key("", node, incarnation)
 
 
 async def make_cluster_server(tmp_path) -> VolumeServer:
@@ -89,8 +94,9 @@ async def test_fence_is_for_members_and_spares_a_rejoined_incarnation(tmp_path, 
         # Its delegation is gone, its remote writes refused, its old key cannot come back.
         with pytest.raises(Revoked):
             await op(srv, n2, "write", b"x" * 512, delegation=d2["delegation"]["id"], offset=0)
-        with pytest.raises(ReservationConflict):
+        with pytest.raises((ReservationConflict, InvalidArgument)):
             await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
+        assert key(2, 1) in next(iter(srv.disks.values())).pr.preempted
         # Node 2 rejoins as incarnation 2; a late fence of incarnation 1 (a slow
         # survivor) must leave the new key registered and its writes working.
         await join(srv, n2, 2, 2)
@@ -110,6 +116,7 @@ async def test_remote_write_with_a_preempted_key_is_refused(tmp_path, autojump_c
     srv = await make_cluster_server(tmp_path)
     try:
         n2 = connect(srv, 2)
+        await join(srv, n2, 2, 1)
         d = await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         await op(srv, n2, "write", b"a" * 512, delegation=d["delegation"]["id"], offset=0)
 
@@ -164,7 +171,7 @@ async def test_fence_covers_a_disk_with_a_damaged_older_label(tmp_path, autojump
         assert r["preempted"] == 1
         disk.reload()                                  # persisted, not only in memory
         assert key(2, 1) not in disk.pr.registrations and key(2, 1) in disk.pr.preempted
-        with pytest.raises(ReservationConflict):
+        with pytest.raises((ReservationConflict, InvalidArgument)):
             await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
     finally:
         srv.close()
@@ -184,11 +191,11 @@ async def test_fence_that_cannot_be_persisted_is_refused(tmp_path, autojump_cloc
         victims = [{"node": 2, "incarnation": 1}]
         with pytest.raises(ChecksumError, match="not on every disk"):
             await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
-        with pytest.raises((ReservationConflict, ChecksumError)):       # refused either way
+        with pytest.raises((ReservationConflict, ChecksumError, InvalidArgument)):   # refused
             await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         await call(srv, FakeSession(), "dg_repair", name="dg")
         assert key(2, 1) in disk.pr.preempted          # the repair persisted what memory held
-        with pytest.raises(ReservationConflict):        # so no window before the retry
+        with pytest.raises((ReservationConflict, InvalidArgument)):   # no window before the retry
             await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
         r = await call(srv, n1, "fence", coordinator="dg/coord", victims=victims)
         assert r["fenced"] == [2]
@@ -218,7 +225,7 @@ async def test_a_zeroed_newest_reservation_copy_does_not_roll_back_a_fence(tmp_p
         assert key(2, 1) in disk.pr.registrations        # the older copy is what is left...
         assert any("wiped" in p for p in disk.problems)  # ...and it is reported, not "ok"
         with pytest.raises(ChecksumError, match="reservation table is damaged or missing a copy"):
-            await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))   # even a member
         r = await call(srv, FakeSession(), "dg_repair", name="dg")
         assert any("rewritten from generation" in x and "fence again" in x for x in r["repaired"]), r
     finally:
@@ -251,6 +258,7 @@ async def test_remote_io_offsets_past_the_volume_are_refused_cleanly(tmp_path, a
     srv = await make_cluster_server(tmp_path)
     try:
         n1 = connect(srv, 1)
+        await join(srv, n1, 1, 1)
         d = await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))
         for offset in (2 ** 63, (1 << 20) + 1, -1):
             with pytest.raises(InvalidArgument, match="offset must be"):
@@ -263,27 +271,27 @@ async def test_registrations_do_not_pile_up(tmp_path, autojump_clock):
     """Issue 10, finding 6: keys were never removed; after ~510 attaches every
     attach failed ("does not fit its slot") while status said ok. Detaches, failed
     attaches and a node's earlier incarnations now leave no key behind."""
-    srv = await make_cluster_server(tmp_path)
+    srv = await make_cluster_server(tmp_path)      # nodes 1 and 2 stand-alone here
     try:
         disk = next(iter(srv.disks.values()))
         n1, n2 = connect(srv, 1), connect(srv, 2)
         for inc in range(1, 601):                          # 600 attach/detach cycles
-            d = await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, inc))
+            d = await call(srv, n1, "attach", volume="dg/v", mode="rw", key=skey(1, inc))
             await call(srv, n1, "detach", delegation=d["delegation"]["id"])
         assert {k for k in disk.pr.registrations if coord.key_node(k) == 1} == set()
         for inc in range(1, 301):                          # restarts that never detached
-            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1000 + inc))
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=skey(1, 1000 + inc))
             srv.table.by_id.clear()                        # the holder vanished, lease gone
-        assert [k for k in disk.pr.registrations if coord.key_node(k) == 1] == [key(1, 1300)]
-        held = await call(srv, n2, "attach", volume="dg/v", mode="ex", key=key(2, 1))
+        assert [k for k in disk.pr.registrations if coord.key_node(k) == 1] == [skey(1, 1300)]
+        held = await call(srv, n2, "attach", volume="dg/v", mode="ex", key=skey(2, 1))
         with pytest.raises(Conflict):                      # a refused attach keeps no key
-            await call(srv, n1, "attach", volume="dg/v", mode="ex", key=key(1, 2000))
-        assert key(1, 2000) not in disk.pr.registrations
+            await call(srv, n1, "attach", volume="dg/v", mode="ex", key=skey(1, 2000))
+        assert skey(1, 2000) not in disk.pr.registrations
         status = await call(srv, FakeSession(), "status")
         assert all(d["state"] == "ok" for d in status["disks"]), status["disks"]
         assert held
         for n in range(10, 560):                           # a table really filling up is said
-            disk.pr.register(key(n, 1), n, 0.0)
+            disk.pr.register(skey(n, 1), n, 0.0)
         status = await call(srv, FakeSession(), "status")
         assert any("reservation table" in p and "full" in p for p in status["disks"][0]["problems"])
     finally:
@@ -312,7 +320,7 @@ async def test_a_damaged_newest_label_copy_keeps_the_disk_in_its_group(tmp_path,
         disk = next(iter(srv.disks.values()))
         assert any("membership recovered" in p for p in disk.problems)
         n1 = connect(srv, 1)
-        await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))   # no KeyError
+        await call(srv, n1, "attach", volume="dg/v", mode="rw", key=skey(1, 1))  # no KeyError
         admin = FakeSession()
         with pytest.raises(Exception) as exc:
             await call(srv, admin, "disk_init", path=path)
@@ -321,5 +329,87 @@ async def test_a_damaged_newest_label_copy_keeps_the_disk_in_its_group(tmp_path,
         assert r["repaired"]
         disk.reload()
         assert disk.label.dg_name == "dg" and not disk.problems
+    finally:
+        srv.close()
+
+
+async def test_attach_keys_must_be_the_nodes_current_identity(tmp_path, autojump_clock):
+    """Issue 10, finding 9: a key whose cluster bits were not the cluster's was
+    accepted (and a member's stand-alone key escapes the fence, which preempts by
+    cluster). Keys are checked against the coordinators on this server."""
+    srv = await make_cluster_server(tmp_path)
+    try:
+        n1, n2 = connect(srv, 1), connect(srv, 2)
+        foreign = coord.registration_key("other-cluster", 1, 1)
+        with pytest.raises(InvalidArgument, match="name no cluster"):
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=foreign)
+        with pytest.raises(InvalidArgument, match="not a member"):      # cluster key before join
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 1))
+        await join(srv, n1, 1, 3)
+        with pytest.raises(InvalidArgument, match="lists incarnation 3"):   # a stale process
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 2))
+        with pytest.raises(InvalidArgument, match="lists incarnation 3"):   # never joined
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 4))
+        with pytest.raises(InvalidArgument, match="must carry that cluster's bits"):
+            await call(srv, n1, "attach", volume="dg/v", mode="rw", key=skey(1, 3))
+        await call(srv, n1, "attach", volume="dg/v", mode="rw", key=key(1, 3))
+        await call(srv, n2, "attach", volume="dg/v", mode="rw", key=skey(2, 9))   # not a member
+        keys = set(next(iter(srv.disks.values())).pr.registrations) - {srv.server_key}
+        assert keys == {key(1, 3), skey(2, 9)}            # nothing refused left a key behind
+    finally:
+        srv.close()
+
+
+async def test_a_preempted_key_is_refused_on_every_disk(tmp_path, autojump_clock):
+    """Issue 10, finding 9: a preempted key was blocked per disk only, so the fenced
+    incarnation could attach a volume on another disk."""
+    srv = await make_cluster_server(tmp_path)
+    try:
+        admin = FakeSession()
+        await call(srv, admin, "disk_init", path=str(tmp_path / "d2.img"), size=64 << 20)
+        await call(srv, admin, "dg_create", name="dg2", disks=[str(tmp_path / "d2.img")])
+        await call(srv, admin, "vol_create", dg="dg2", name="w", size=1 << 20)
+        n2 = connect(srv, 2)
+        await join(srv, n2, 2, 1)
+        d = await call(srv, n2, "attach", volume="dg/v", mode="rw", key=key(2, 1))
+
+        async def acknowledge():
+            while not n2.conn.sent:
+                await trio.sleep(0.01)
+            await call(srv, n2, "revoke_ack", delegation=d["delegation"]["id"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(acknowledge)
+            await call(srv, admin, "pr_preempt", key=coord.format_key(key(2, 1)))
+        with pytest.raises(ReservationConflict, match="was preempted"):
+            await call(srv, n2, "attach", volume="dg2/w", mode="rw", key=key(2, 1))
+        d2 = srv.groups["dg2"].disks
+        assert all(key(2, 1) not in disk.pr.registrations for disk in d2.values())
+    finally:
+        srv.close()
+
+
+async def test_coord_clear_is_refused_while_members_are_up(tmp_path, autojump_clock):
+    """Issue 10, finding 9: `vctl coord clear` succeeded while nodes were members,
+    letting a partitioned node join beside the live cluster."""
+    srv = await make_cluster_server(tmp_path)
+    try:
+        admin = FakeSession()
+        n1 = connect(srv, 1)
+        before = await join(srv, n1, 1, 1)
+        with pytest.raises(InUse, match="node\\(s\\) 1 of cluster c are members and still up"):
+            await call(srv, admin, "coord_clear", volume="dg/coord")
+        n2 = connect(srv, 2)
+        deleg, m = await read_coord(srv, n2)
+        await call(srv, n2, "detach", delegation=deleg)
+        assert m.generation == before.generation and m.members == {1}    # nothing written
+        r = await call(srv, admin, "coord_clear", volume="dg/coord", force=True)
+        assert r["forced_live"] == [1] and r["membership"]["generation"] == before.generation + 1
+        await join(srv, n1, 1, 2)
+        srv._end_session(n1)                        # the whole cluster went down
+        srv._end_session(n2)
+        srv.table.by_id.clear()
+        r = await call(srv, admin, "coord_clear", volume="dg/coord")
+        assert r["forced_live"] == [] and not any(x["is_member"] for x in r["membership"]["records"])
     finally:
         srv.close()
