@@ -320,6 +320,8 @@ async def op_dg_import(srv: VolumeServer, sess, args, payload):
                     if paths:
                         raise InvalidArgument(f"{path} is not a disk of disk group {name}")
                     continue
+                if disk.label.size > disk.size:
+                    raise InvalidArgument(f"{path}: {disk.truncation()}; not imported")
                 if disk.id in found:
                     raise InvalidArgument(f"disk {disk.id} found twice ({found[disk.id].path} and "
                                           f"{path}); is one a copy?")

@@ -76,7 +76,14 @@ class Disk:
                 self.label = ondisk.Label.from_json(lab)
             except (KeyError, TypeError, ValueError) as exc:
                 self.problems.append(f"label does not parse: {exc!r}")
+        if self.label is not None and self.size < self.label.size:
+            self.problems.append(self.truncation())
         self._recover_group()
+
+    def truncation(self) -> str:
+        return (f"truncated: {format_size(self.size)} but its label says {format_size(self.label.size)} "
+                "(the wrong device, or a shrunk LUN/image); volumes past the end would fail -- "
+                "restore its full size")
 
     def _recover_group(self) -> None:
         """The label's surviving copy names no group while its other copy is damaged:

@@ -1,6 +1,8 @@
 """The server's coordinator compare-and-swap, fence and reservation enforcement,
 called in-process under trio's MockClock (virtual time, real metadata files)."""
 
+import os
+
 import pytest
 import trio
 from test_delegations import FakeSession, call, connect, make_server
@@ -413,3 +415,28 @@ async def test_coord_clear_is_refused_while_members_are_up(tmp_path, autojump_cl
         assert r["forced_live"] == [] and not any(x["is_member"] for x in r["membership"]["records"])
     finally:
         srv.close()
+
+
+async def test_a_truncated_disk_is_not_imported(tmp_path, autojump_clock):
+    """Issue 10, finding 9: a disk truncated to 2 MiB imported "successfully"; the
+    label's size is now compared with the device's."""
+    from vserver.server import Settings
+    srv = await make_server(tmp_path)
+    srv.close()
+    path = str(tmp_path / "d1.img")
+    os.truncate(path, 2 << 20)
+    fresh = VolumeServer(Settings(state_dir=str(tmp_path / "other"), lease=srv.terms))
+    fresh.open_state()
+    try:
+        with pytest.raises(InvalidArgument, match="truncated: 2 MiB but its label says 64 MiB"):
+            await call(fresh, FakeSession(), "dg_import", name="dg", paths=[path])
+        assert "dg" not in fresh.groups and not fresh.disks
+    finally:
+        fresh.close()
+    again = VolumeServer(Settings(state_dir=str(tmp_path / "state"), lease=srv.terms))
+    again.open_state()                                  # the server that had it says so
+    try:
+        status = await call(again, FakeSession(), "status")
+        assert any("truncated" in p for d in status["disks"] for p in d["problems"]), status["disks"]
+    finally:
+        again.close()
