@@ -41,6 +41,32 @@ from .decisions import MEMBER, RACING
 
 log = logging.getLogger("vclient.heartbeat")
 
+
+class RateLimitedLog:
+    """At most one line per kind of problem per ``interval`` seconds, saying how many
+    were dropped since the last; at most ``cap`` kinds remembered (the oldest is
+    forgotten first). Rejected datagrams are attacker-controlled: one line per
+    source forever would be a log flood and a memory leak."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, cap: int = 64):
+        self.logger, self.interval, self.cap = logger, interval, cap
+        self._last: dict[str, list] = {}              # kind -> [logged at, dropped since]
+
+    def __call__(self, kind: str, now: float, message: str, *args) -> None:
+        entry = self._last.get(kind)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return
+        dropped = entry[1] if entry is not None else 0
+        self._last.pop(kind, None)
+        while len(self._last) >= self.cap:
+            del self._last[next(iter(self._last))]
+        self._last[kind] = [now, 0]
+        if dropped:
+            message += " (%d more like it in the last %.0f s)"
+            args += (dropped, self.interval)
+        self.logger.error(message, *args)
+
 TAG = 16
 MAX_DATAGRAM = 4096
 VERSION = 2
@@ -97,7 +123,7 @@ class Heartbeats:
         self.recent: collections.deque = collections.deque()   # (monotonic time, seq) sent
         self.sockets: list[trio.socket.SocketType] = []
         self._problems: dict[str, tuple[str, float]] = {}    # kind -> (message, last seen)
-        self._logged: set[str] = set()
+        self._log = RateLimitedLog(log)
         self._kick = trio.Event()
         self.sent = 0
         self.received = 0
@@ -155,18 +181,13 @@ class Heartbeats:
                           separators=(",", ":")).encode()
         return body + hmac.new(self.key, body, hashlib.sha256).digest()[:TAG]
 
-    def _once(self, kind: str, message: str, *args) -> None:
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.error(message, *args)
-
     def receive(self, data: bytes, link: int, addr, now: float) -> None:
         if len(data) <= TAG or len(data) > MAX_DATAGRAM:
-            return self._once(f"size{addr}", "dropping malformed heartbeat from %s", addr)
+            return self._log("size", now, "dropping malformed heartbeat from %s", addr)
         body, tag = data[:-TAG], data[-TAG:]
         if not hmac.compare_digest(tag, hmac.new(self.key, body, hashlib.sha256).digest()[:TAG]):
-            return self._once(f"auth{addr}", "dropping heartbeat from %s: bad HMAC (wrong cluster key?)",
-                              addr)
+            return self._log("auth", now, "dropping heartbeat from %s: bad HMAC (wrong cluster key?)",
+                             addr)
         try:
             msg = json.loads(body)
             sender = int(msg["n"])
@@ -175,18 +196,18 @@ class Heartbeats:
             if msg.get("v") != VERSION:
                 raise ValueError("version")
         except (ValueError, KeyError, TypeError, AttributeError):
-            return self._once(f"json{addr}", "dropping unparsable heartbeat from %s (or another "
-                              "heartbeat version than %d)", addr, VERSION)
+            return self._log("json", now, "dropping unparsable heartbeat from %s (or another "
+                             "heartbeat version than %d)", addr, VERSION)
         if msg.get("c") != self.cluster_id:
-            return self._once(f"cluster{sender}", "heartbeat from node %s of cluster %r, not %r; "
-                              "ignored", sender, msg.get("c"), self.cluster_id)
+            return self._log("cluster", now, "heartbeat from node %s of cluster %r, not %r; "
+                             "ignored", sender, msg.get("c"), self.cluster_id)
         if sender == self.node:
             self._problem("duplicate", f"another process at {addr} claims node id {self.node}", now)
-            return self._once("dup", "another node at %s uses this node's id %d", addr, self.node)
+            return self._log("dup", now, "another node at %s uses this node's id %d", addr, self.node)
         peer = self.peers.get(sender)
         if peer is None:
-            return self._once(f"unknown{sender}", "heartbeat from node %d, which is not a "
-                              "configured peer; ignored", sender)
+            return self._log("unknown", now, "heartbeat from node %d, which is not a "
+                             "configured peer; ignored", sender)
         known = peer.source.get(link)
         if known is not None and known != addr and now - peer.heard_on.get(link, -1e9) < self.timeout:
             # Two processes claim one node id: keep the one already heard, ignore the
@@ -195,16 +216,16 @@ class Heartbeats:
                           f"node {sender} is heard from both {known[0]}:{known[1]} and "
                           f"{addr[0]}:{addr[1]} on link {link}: two processes use node id {sender}",
                           now)
-            return self._once(f"dup{sender}", "heartbeats claiming node %d come from %s and %s; "
+            return self._log(f"dup{sender}", now, "heartbeats claiming node %d come from %s and %s; "
                               "ignoring %s (duplicate node id?)", sender, known, addr, addr)
         if seq <= peer.last_seq:
-            return self._once(f"stale{sender}", "dropping a heartbeat of node %d that is not newer "
-                              "than the last one (replayed or reordered; logged once)", sender)
+            return self._log(f"stale{sender}", now, "dropping a heartbeat of node %d that is not "
+                             "newer than the last one (replayed or reordered)", sender)
         peer.last_seq = seq
         peer.source[link] = addr
         if msg.get("p") != self.hash:
             self._problem("peers", f"node {sender} has a different peer list", now)
-            self._once(f"peers{sender}", "node %d has a different peer list than this node", sender)
+            self._log(f"peers{sender}", now, "node %d has a different peer list than this node", sender)
         self.received += 1
         changed = (peer.generation, peer.state, peer.members) != (
             int(msg.get("g", 0)), str(msg.get("st", "")), frozenset(msg.get("m", [])))

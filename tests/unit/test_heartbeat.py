@@ -115,3 +115,18 @@ def test_new_source_after_silence_is_a_restart_not_a_duplicate():
     one.receive(beat(two, T, hears=[one]), 0, A2, T)
     one.receive(beat(two, T + 1.3, hears=[one]), 0, ELSEWHERE, T + 1.3)
     assert one.peers[2].source[0] == ELSEWHERE and not one.problems_at(T + 1.3)
+
+
+def test_forged_heartbeats_are_logged_rate_limited_with_bounded_memory(caplog):
+    """Issue 10, finding 9: forged heartbeats logged one ERROR per source address
+    forever (a log flood, and a set that grew with every spoofed port)."""
+    one, two = node(1, [2]), node(2, [1])
+    forged = beat(two)[:-TAG] + b"\0" * TAG
+    with caplog.at_level("ERROR", logger="vclient.heartbeat"):
+        for port in range(20000):                     # 20,000 spoofed sources in 10 s
+            one.receive(forged, 0, ("10.0.0.1", 1024 + port), T + port / 2000)
+        assert len(caplog.records) == 1 and "bad HMAC" in caplog.records[0].getMessage()
+        one.receive(forged, 0, ("10.0.0.2", 9), T + 61)   # a minute later: one line, with a count
+    assert len(caplog.records) == 2
+    assert "19999 more like it" in caplog.records[1].getMessage()
+    assert len(one._log._last) <= one._log.cap and one.received == 0
