@@ -59,13 +59,12 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def next_frame(self) -> tuple[dict, bytes] | None:
-        """Return the next complete frame, or ``None`` if more bytes are needed."""
-        buf = self._buf
+    def header(self) -> tuple[int, int, int, int] | None:
+        """``(json_len, payload_len, payload_crc, header_crc)`` of the next frame once
+        its header has arrived (checked, limits applied), else ``None``: lets a
+        reader reserve room for the whole frame before taking its body."""
         if self._need is None:
+            buf = self._buf
             if len(buf) < HEADER_SIZE:
                 if buf[: len(MAGIC)] != MAGIC[: len(buf)]:
                     raise ProtocolError("not a fencevol frame (bad magic)")
@@ -82,7 +81,18 @@ class FrameDecoder:
                 raise ProtocolError(
                     f"frame payload of {plen} bytes exceeds limit {self.max_payload}")
             self._need = (jlen, plen, pcrc, hcrc)
-        jlen, plen, pcrc, hcrc = self._need
+        return self._need
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_frame(self) -> tuple[dict, bytes] | None:
+        """Return the next complete frame, or ``None`` if more bytes are needed."""
+        need = self.header()
+        if need is None:
+            return None
+        buf = self._buf
+        jlen, plen, pcrc, hcrc = need
         total = HEADER_SIZE + jlen + plen
         if len(buf) < total:
             return None

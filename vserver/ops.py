@@ -29,6 +29,7 @@ from fencevol.errors import (
     ProtocolError,
     ReservationConflict,
     Revoked,
+    Unavailable,
 )
 from fencevol.units import format_size, parse_size
 
@@ -651,6 +652,8 @@ async def _grant(srv: VolumeServer, sess: Session, group: Group, vol: Volume, ke
     node = sess.node
     async with srv.vol_locks[key]:
         while True:
+            if sess.gone.is_set():         # nobody would get the delegation: stop waiting
+                raise Unavailable(f"attach of {key} by node {node}: the client went away")
             group, vol = srv.find_volume(key)
             now = trio.current_time()
             mine = srv.table.held(key, node, pr_key)

@@ -17,6 +17,7 @@ import trio
 
 import fencevol
 from fencevol import auth, wire
+from fencevol.ratelimit import RateLimitedLog
 from fencevol.coord import format_key, key_node
 from fencevol.crc import crc32c
 from fencevol.errors import (
@@ -31,7 +32,7 @@ from fencevol.extents import ExtentMap
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import ConnectionClosed, FramedConnection
 
-from . import statefile
+from . import limits, statefile
 from .delegations import REVOKING, Delegation, DelegationTable
 from .model import Volume, extent_map_wire
 from .storage import Disk, Group, group_from_disks
@@ -67,6 +68,10 @@ class Settings:
     lease: LeaseTerms = field(default_factory=LeaseTerms)
     scan: list[str] = field(default_factory=list)
     max_payload: int = wire.MAX_PAYLOAD
+    session_memory: int = limits.SESSION_MEMORY     # request bytes one session may hold
+    server_memory: int = limits.SERVER_MEMORY       # ... all sessions together
+    frame_timeout: float = limits.FRAME_TIMEOUT
+    max_connections: int = limits.MAX_CONNECTIONS
 
     @property
     def key_path(self) -> str:
@@ -88,6 +93,7 @@ class Session:
         self.peer = peer
         self.connected_at = time.time()
         self.cancel_scope: trio.CancelScope | None = None
+        self.gone = trio.Event()        # the reader stopped: nobody waits for replies
 
     async def push(self, message: dict) -> bool:
         try:
@@ -119,6 +125,9 @@ class VolumeServer:
         self.started_at = 0.0
         self.listen_address = ""
         self._lock_fd = -1
+        self.memory = limits.MemoryBudget(settings.server_memory)
+        self.connections = 0
+        self._log_limited = RateLimitedLog(log)
 
     # -- start-up ------------------------------------------------------------------
     @property
@@ -327,13 +336,26 @@ class VolumeServer:
             peer = "%s:%s" % stream.socket.getpeername()[:2]
         except OSError:
             peer = "?"
+        if self.connections >= self.settings.max_connections:
+            self._log_limited("connections", trio.current_time(),
+                              "refusing connection from %s: %d connections open (the limit)",
+                              peer, self.connections)
+            await trio.aclose_forcefully(stream)
+            return
+        self.connections += 1
+        try:
+            await self._serve_connection(stream, peer)
+        finally:
+            self.connections -= 1
+
+    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
         set_keepalive(stream)
         conn = FramedConnection(stream, max_json=wire.PREAUTH_MAX_JSON, max_payload=0)
         session = None
         try:
             with trio.fail_after(10):
                 session = await self._handshake(conn, peer)
-            conn.decoder.max_json = wire.MAX_JSON
+            conn.decoder.max_json = limits.MAX_REQUEST_JSON
             conn.decoder.max_payload = self.settings.max_payload
             await self._session_loop(session)
         except trio.TooSlowError:
@@ -431,22 +453,42 @@ class VolumeServer:
         configuration commit is never cut in half by a client going away."""
         from .ops import dispatch
         limiter = trio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
+        budget = limits.MemoryBudget(self.settings.session_memory, parent=self.memory)
+        reader = limits.ChargedReader(session.conn, budget, self.settings.frame_timeout)
         error: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            with trio.CancelScope() as reader:
-                session.cancel_scope = reader
-                try:
-                    while True:
-                        msg, payload = await session.conn.receive()
-                        await limiter.acquire()
-                        nursery.start_soon(self._run_request, dispatch, session, msg, payload, limiter)
-                except (ConnectionClosed, ProtocolError, trio.BrokenResourceError,
-                        trio.ClosedResourceError, OSError) as exc:
-                    error = exc
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as scope:
+                    session.cancel_scope = scope
+                    try:
+                        while True:
+                            await limiter.acquire()
+                            try:
+                                msg, payload, charge = await reader.receive()
+                            except BaseException:
+                                limiter.release()
+                                raise
+                            nursery.start_soon(self._run_request, dispatch, session, msg, payload,
+                                               limiter, budget, charge)
+                    except (ConnectionClosed, ProtocolError, trio.BrokenResourceError,
+                            trio.ClosedResourceError, OSError) as exc:
+                        error = exc
+                # Nobody reads replies any more: requests that only wait (an attach
+                # waiting out a conflict) give up; running ones finish.
+                session.gone.set()
+                self.notify()
+        finally:
+            reader.close()
         if error is not None and not isinstance(error, ConnectionClosed):
             raise error
 
-    async def _run_request(self, dispatch, session, msg, payload, limiter) -> None:
+    async def _run_request(self, dispatch, session, msg, payload, limiter, budget, charge) -> None:
+        try:
+            await self._answer(dispatch, session, msg, payload, limiter)
+        finally:
+            budget.give(charge)
+
+    async def _answer(self, dispatch, session, msg, payload, limiter) -> None:
         rid = msg.get("id")
         try:
             result, out = await dispatch(self, session, msg, payload)
