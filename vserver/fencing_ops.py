@@ -331,6 +331,22 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
 
 
 # --- PR admin verbs --------------------------------------------------------------------------------
+def _parse_key(value: object) -> int:
+    """A registration key: hex text (``0x...`` or bare) or an integer, 1 to 2**64-1."""
+    try:
+        if isinstance(value, str):
+            key = int(value, 16)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            key = value
+        else:
+            raise ValueError
+    except ValueError:
+        raise InvalidArgument(f"bad key {value!r}: hex digits or an integer") from None
+    if not 0 < key < 1 << 64:
+        raise InvalidArgument(f"bad key {value!r}: out of range")
+    return key
+
+
 def _pr_disks(srv: VolumeServer, args: dict) -> list[Disk]:
     ref = args.get("disk")
     if ref in (None, "", "all"):
@@ -368,11 +384,10 @@ async def op_pr_preempt(srv: VolumeServer, sess, args, payload):
     key, node = args.get("key"), args.get("node")
     if (key is None) == (node is None):
         raise InvalidArgument("give exactly one of key or node")
+    if node is not None and (isinstance(node, bool) or not isinstance(node, int)):
+        raise InvalidArgument("node must be a node id")
     if key is not None:
-        try:
-            key = int(str(key), 16) if isinstance(key, str) else int(key)
-        except ValueError:
-            raise InvalidArgument(f"bad key {args.get('key')!r}") from None
+        key = _parse_key(key)
         if key == srv.server_key:
             raise InvalidArgument("refusing to preempt the server's own key")
     async with srv.fence_lock:
@@ -426,10 +441,7 @@ async def op_pr_clear(srv: VolumeServer, sess, args, payload):
 async def op_pr_forget(srv: VolumeServer, sess, args, payload):
     """Forget a preempted key so it may register again (after an admin checked
     the node is really gone; normally nodes rejoin with a new key instead)."""
-    try:
-        key = int(str(_arg(args, "key")), 16)
-    except ValueError:
-        raise InvalidArgument(f"bad key {args.get('key')!r}") from None
+    key = _parse_key(_arg(args, "key", object))
     hit = [d for d in _pr_disks(srv, args) if key in d.pr.preempted]
     if not hit:
         raise NotFound(f"key {format_key(key)} is not preempted on the given disk(s)")

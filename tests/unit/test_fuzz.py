@@ -12,7 +12,7 @@ import tempfile
 
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_delegations import TERMS, FakeSession, call, connect
 
@@ -105,6 +105,8 @@ async def fuzz_server(tmp: str) -> VolumeServer:
 
 @FUZZ
 @given(requests=st.lists(request, min_size=1, max_size=6))
+@example(requests=[("pr_preempt", {"key": []}, "admin", b"")])       # found by this target
+@example(requests=[("pr_forget", {"key": 1.5}, "admin", b"")])
 def test_request_handlers_answer_or_refuse_cleanly(requests):
     async def scenario(tmp):
         srv = await fuzz_server(tmp)
