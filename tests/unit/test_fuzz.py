@@ -4,7 +4,7 @@ or a ``FencevolError`` -- never another exception (which the server would turn i
 an "internal" error) -- and the server still works afterwards.
 
 Bounded for CI (``FENCEVOL_FUZZ_EXAMPLES``, default 150 per target); run longer with
-e.g. ``FENCEVOL_FUZZ_EXAMPLES=20000 .venv/bin/pytest tests/unit/test_fuzz.py``."""
+e.g. ``FENCEVOL_FUZZ_EXAMPLES=20000 .venv/bin/pytest --timeout 0 tests/unit/test_fuzz.py``."""
 
 import os
 import struct
