@@ -230,9 +230,12 @@ def build(d: Path, st: dict, args, tag: str) -> None:
         links = {i: [f"127.0.0.{link + 1}:{p}" for link, p in enumerate(free_udp_ports(args.links))]
                  for i in range(1, n + 1)}
     for i in range(1, n + 1):
+        credential = str(d / f"node{i}.cred")      # its own, not the cluster key
+        vctl(ref, "key", "issue", str(i), "--peers", ",".join(str(j) for j in range(1, n + 1)),
+             "--out", credential)
         argv = (net.enter(i) if net else []) + [
             str(VENV_BIN / "vclient"), "run", "--node-id", str(i), "--server", ref.address,
-            "--key-file", ref.key_file, "--mount", str(d / f"node{i}"),
+            "--key-file", credential, "--mount", str(d / f"node{i}"),
             "--control", str(d / f"node{i}.sock"), "--cluster-id", st["cluster_id"],
             "--coordinator", "dg/coord", "--pause-timeout", str(args.pause_timeout),
             "--hb-timeout", str(args.hb_timeout)] + list(args.node_arg)

@@ -413,10 +413,20 @@ class Cluster:
                                                        for link, p in enumerate(self.ports[j]))]
         return args + self.node_args
 
+    def credential(self, i: int) -> str:
+        """Node i's own credential (`vctl key issue`): cluster nodes never hold the
+        cluster key here, as in a deployment that follows docs/SECURITY.md."""
+        path = self.workdir / f"node{i}.cred"
+        if not path.exists():
+            vctl(self.server, "key", "issue", str(i), "--peers",
+                 ",".join(str(j) for j in range(1, self.n + 1)), "--out", str(path))
+        return str(path)
+
     def client(self, i: int, *attach: str, extra: tuple[str, ...] = (),
                env: dict | None = None) -> Client:
         c = Client(self.server, i, self.workdir, *attach,
-                   extra=tuple(self.node_command_args(i)) + tuple(extra), env=env)
+                   extra=("--key-file", self.credential(i), *self.node_command_args(i), *extra),
+                   env=env)
         self.nodes[i] = c
         return c
 

@@ -89,7 +89,7 @@ class FenceDriver:
         self.incarnation = 0
         self.reason = ""
         self.stats = Stats()
-        self.hb = Heartbeats(opts.cluster_id, self.me, node.cluster_key, opts.links, opts.peers,
+        self.hb = Heartbeats(opts.cluster_id, self.me, node.credential, opts.links, opts.peers,
                              opts.interval, opts.timeout, self._snapshot, self._peer_changed)
         self._changed = trio.Event()
         self._busy = trio.Lock()          # one flow (join, leave, race) at a time

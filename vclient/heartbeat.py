@@ -3,10 +3,11 @@
 Each node sends, every ``interval`` seconds on every link, a datagram to each
 peer's address on that link::
 
-    JSON {"v": 2, "c": cluster, "n": node, "i": incarnation, "q": seq,
+    JSON {"v": 3, "c": cluster, "n": node, "i": incarnation, "q": seq,
           "st": state, "g": generation, "m": [members],
           "h": {node heard: the last seq heard from it}, "p": peer-list hash}
-          +  16-byte HMAC-SHA256 tag (key derived from the cluster key)
+          +  16-byte HMAC-SHA256 tag with the key of the pair {sender, receiver}
+             (fencevol.auth.pair_key: only those two nodes hold it)
 
 Freshness: ``seq`` grows by one per heartbeat from a start at the sender's wall
 clock in microseconds (so it keeps growing across restarts); a receiver drops a
@@ -18,7 +19,8 @@ echoes a seq this node sent within the last ``timeout``: it hears this node now
 and replayed later -- even to a receiver that restarted and has no history --
 never makes it reachable: its echo is stale). No clocks are compared across hosts.
 
-Forged, foreign-cluster and unknown-node datagrams are dropped and logged once.
+Forged, foreign-cluster and unknown-node datagrams are dropped and logged at most
+once a minute per kind.
 Configuration problems (a different peer list) are sticky; a duplicate node id
 is reported while the conflicting source was heard within ``DUPLICATE_MEMORY``."""
 
@@ -36,6 +38,7 @@ from typing import Callable
 import trio
 
 from fencevol.crc import crc32c
+from fencevol.auth import Credential
 from fencevol.ratelimit import RateLimitedLog
 
 from .decisions import MEMBER, RACING
@@ -44,12 +47,10 @@ log = logging.getLogger("vclient.heartbeat")
 
 TAG = 16
 MAX_DATAGRAM = 4096
-VERSION = 2
+VERSION = 3
 DUPLICATE_MEMORY = 10.0        # seconds a duplicate node id stays reported
 
 
-def heartbeat_key(cluster_key: bytes) -> bytes:
-    return hmac.new(cluster_key, b"fencevol heartbeat v1", hashlib.sha256).digest()
 
 
 def peers_hash(node_ids) -> int:
@@ -81,14 +82,22 @@ class PeerState:
 
 
 class Heartbeats:
-    def __init__(self, cluster_id: str, node: int, key: bytes, links: list[tuple[str, int]],
+    def __init__(self, cluster_id: str, node: int, credential: Credential, links: list[tuple[str, int]],
                  peers: dict[int, list[tuple[str, int]]], interval: float, timeout: float,
                  snapshot: Callable[[], dict], on_change: Callable[[], None]):
         self.cluster_id = cluster_id
         self.node = node
-        self.key = heartbeat_key(key)
         self.links = links
         self.peers = {n: PeerState(n, addrs) for n, addrs in peers.items()}
+        # Tags use the key of the pair {sender, receiver}: a node can only speak for
+        # itself, even to a peer that trusts it (docs/SECURITY.md).
+        self.keys = {n: credential.pair(node, n) for n in peers}
+        self.self_key = credential.pair(node, node)     # a process claiming our id (cluster key)
+        missing = sorted(n for n, k in self.keys.items() if k is None)
+        if missing:
+            from fencevol.errors import AuthError
+            raise AuthError(f"the {credential.kind} holds no heartbeat key for peer(s) "
+                            f"{', '.join(map(str, missing))}; issue it with those peers")
         self.interval = interval
         self.timeout = timeout
         self.snapshot = snapshot          # -> {"i", "st", "g", "m"} of this node, now
@@ -141,7 +150,17 @@ class Heartbeats:
         self._kick.set()
 
     # -- wire -------------------------------------------------------------------------------
-    def _encode(self, now: float | None = None) -> bytes:
+    def _encode(self, now: float | None = None, to: int | None = None) -> bytes:
+        """One heartbeat for peer ``to`` (the only peer when None)."""
+        if to is None:
+            (to,) = self.peers
+        return self._tagged(self._body(now), to)
+
+    def _tagged(self, body: bytes, to: int) -> bytes:
+        key = self.self_key if to == self.node else self.keys[to]
+        return body + hmac.new(key, body, hashlib.sha256).digest()[:TAG]
+
+    def _body(self, now: float | None = None) -> bytes:
         now = time.monotonic() if now is None else now
         snap = self.snapshot()
         self.seq += 1
@@ -154,18 +173,31 @@ class Heartbeats:
                            "q": self.seq, "st": snap["st"], "g": snap["g"], "m": sorted(snap["m"]),
                            "h": heard, "p": self.hash},
                           separators=(",", ":")).encode()
-        return body + hmac.new(self.key, body, hashlib.sha256).digest()[:TAG]
+        return body
 
     def receive(self, data: bytes, link: int, addr, now: float) -> None:
         if len(data) <= TAG or len(data) > MAX_DATAGRAM:
             return self._log("size", now, "dropping malformed heartbeat from %s", addr)
         body, tag = data[:-TAG], data[-TAG:]
-        if not hmac.compare_digest(tag, hmac.new(self.key, body, hashlib.sha256).digest()[:TAG]):
-            return self._log("auth", now, "dropping heartbeat from %s: bad HMAC (wrong cluster key?)",
-                             addr)
+        # The sender's id is read before the tag is checked (the tag's key depends on
+        # it); nothing else of an unchecked datagram is used.
         try:
             msg = json.loads(body)
             sender = int(msg["n"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return self._log("json", now, "dropping unparsable heartbeat from %s (or another "
+                             "heartbeat version than %d)", addr, VERSION)
+        key = self.self_key if sender == self.node else self.keys.get(sender)
+        if key is None:
+            return self._log("unknown", now, "heartbeat from %s claiming node %s, which is not a "
+                             "configured peer; ignored", addr, sender)
+        if not hmac.compare_digest(tag, hmac.new(key, body, hashlib.sha256).digest()[:TAG]):
+            return self._log("auth", now, "dropping heartbeat from %s claiming node %d: bad HMAC "
+                             "(forged, or a wrong key or credential)", addr, sender)
+        if sender == self.node:
+            self._problem("duplicate", f"another process at {addr} claims node id {self.node}", now)
+            return self._log("dup", now, "another node at %s uses this node's id %d", addr, self.node)
+        try:
             seq = int(msg["q"])
             hears = {int(n): int(q) for n, q in dict(msg.get("h", {})).items()}
             if msg.get("v") != VERSION:
@@ -176,13 +208,7 @@ class Heartbeats:
         if msg.get("c") != self.cluster_id:
             return self._log("cluster", now, "heartbeat from node %s of cluster %r, not %r; "
                              "ignored", sender, msg.get("c"), self.cluster_id)
-        if sender == self.node:
-            self._problem("duplicate", f"another process at {addr} claims node id {self.node}", now)
-            return self._log("dup", now, "another node at %s uses this node's id %d", addr, self.node)
-        peer = self.peers.get(sender)
-        if peer is None:
-            return self._log("unknown", now, "heartbeat from node %d, which is not a "
-                             "configured peer; ignored", sender)
+        peer = self.peers[sender]
         known = peer.source.get(link)
         if known is not None and known != addr and now - peer.heard_on.get(link, -1e9) < self.timeout:
             # Two processes claim one node id: keep the one already heard, ignore the
@@ -253,12 +279,12 @@ class Heartbeats:
 
     async def _sender(self) -> None:
         while True:
-            data = self._encode()
+            body = self._body()
             for i, sock in enumerate(self.sockets):
                 for peer in self.peers.values():
                     if i < len(peer.addresses):
                         try:
-                            await sock.sendto(data, peer.addresses[i])
+                            await sock.sendto(self._tagged(body, peer.node), peer.addresses[i])
                             self.sent += 1
                         except OSError as exc:
                             log.debug("heartbeat to node %d link %d: %s", peer.node, i, exc)

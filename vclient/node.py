@@ -16,6 +16,7 @@ from fencevol import auth, coord
 from fencevol import clock as fvclock
 from fencevol.errors import (
     AlreadyExists,
+    AuthError,
     FencevolError,
     InvalidArgument,
     NotFound,
@@ -65,14 +66,17 @@ class NodeOptions:
 class Node:
     def __init__(self, opts: NodeOptions):
         self.opts = opts
-        self.cluster_key = auth.load_key_file(opts.key_file)
+        self.credential = auth.load_credential(opts.key_file)
+        if self.credential.node not in (None, opts.node_id):
+            raise AuthError(f"{opts.key_file} is node {self.credential.node}'s credential, "
+                            f"not node {opts.node_id}'s")
         self.volumes: dict[str, AttachedVolume] = {}
         self.backing = BackingDisks(opts.disk_paths, opts.remote_disks)
         self.dio = DirectIO()
         self.watchdog = Watchdog(opts.node_id, opts.watchdog_slack, opts.hw_watchdog,
                                  on_down=lambda why: self.pause_all("watchdog"),
                                  on_up=lambda: self.resume_all("watchdog")) if opts.watchdog else None
-        self.link = ServerLink(opts.server, self.cluster_key, opts.node_id, self._on_push,
+        self.link = ServerLink(opts.server, self.credential.key, opts.node_id, self._on_push,
                                self._on_connect)
         self.mount = None
         self.started = time.time()

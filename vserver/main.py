@@ -22,7 +22,7 @@ log = logging.getLogger("vserver")
 
 CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds": (int, float),
                "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
-               "scan": list, "log_level": str}
+               "scan": list, "log_level": str, "require_node_credentials": bool}
 
 
 def load_config(path: str) -> dict:
@@ -37,7 +37,7 @@ def load_config(path: str) -> dict:
         if k not in CONFIG_KEYS:
             raise InvalidArgument(f"config file {path}: unknown key {k!r} "
                                   f"(known: {', '.join(sorted(CONFIG_KEYS))})")
-        if not isinstance(v, CONFIG_KEYS[k]) or isinstance(v, bool):
+        if not isinstance(v, CONFIG_KEYS[k]) or isinstance(v, bool) and CONFIG_KEYS[k] is not bool:
             raise InvalidArgument(f"config file {path}: {k} has the wrong type")
     return data
 
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clients stop writing this long before the lease ends (default 0.5)")
     s.add_argument("--scan", action="append", metavar="GLOB",
                    help="where `dg import` looks for disks (repeatable)")
+    s.add_argument("--require-node-credentials", action="store_true", default=None,
+                   help="refuse node sessions that authenticate with the cluster key (give "
+                        "each node its own credential: `vctl key issue`)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -82,6 +85,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
         key_file=args.key_file or cfg.get("key_file", ""),
         lease=lease,
         scan=list(args.scan or cfg.get("scan", [])),
+        require_node_credentials=bool(args.require_node_credentials
+                                      or cfg.get("require_node_credentials", False)),
     )
     return settings, args.log_level or cfg.get("log_level", "info")
 

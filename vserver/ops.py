@@ -17,6 +17,7 @@ from fencevol import directio, modes, ondisk
 from fencevol.coord import format_key, key_node
 from fencevol.errors import (
     AlreadyExists,
+    AuthError,
     ChecksumError,
     Conflict,
     Fenced,
@@ -46,7 +47,9 @@ MAX_IO = 8 << 20
 MAX_ATTACH_WAIT = 600.0
 
 
-def op(name: str, role: str = "any"):
+def op(name: str, role: str = "admin"):
+    """Register a request handler; ``role``: who may call it -- "admin" sessions,
+    "node" sessions (vclient), or "any"."""
     def register(fn):
         OPS[name] = (fn, role)
         return fn
@@ -61,6 +64,8 @@ async def dispatch(srv: VolumeServer, sess: Session, msg: dict, payload: bytes):
     fn, role = entry
     if role == "node" and sess.role != "node":
         raise InvalidArgument(f"{name} needs a node session (vclient)")
+    if role == "admin" and sess.role != "admin":
+        raise AuthError(f"{name} is an admin operation; a node session may not use it")
     args = msg.get("args")
     if not isinstance(args, dict):
         raise ProtocolError("request args must be an object")
@@ -147,7 +152,7 @@ def _volume_info(srv: VolumeServer, g: Group, v: Volume, detail: bool = False) -
 
 
 # --- server and disks -----------------------------------------------------------
-@op("status")
+@op("status", role="any")
 async def op_status(srv: VolumeServer, sess, args, payload):
     now = trio.current_time()
     restored = [d for d in srv.table.by_id.values() if d.state == RESTORED]
@@ -839,7 +844,7 @@ def _sync_fds(fds) -> None:
         os.fdatasync(fd)
 
 
-@op("ping")
+@op("ping", role="any")
 async def op_ping(srv, sess, args, payload):
     return {"time": time.time()}, b""
 

@@ -72,6 +72,7 @@ class Settings:
     server_memory: int = limits.SERVER_MEMORY       # ... all sessions together
     frame_timeout: float = limits.FRAME_TIMEOUT
     max_connections: int = limits.MAX_CONNECTIONS
+    require_node_credentials: bool = False          # refuse node sessions on the cluster key
 
     @property
     def key_path(self) -> str:
@@ -94,6 +95,7 @@ class Session:
         self.connected_at = time.time()
         self.cancel_scope: trio.CancelScope | None = None
         self.gone = trio.Event()        # the reader stopped: nobody waits for replies
+        self.credential = "cluster"     # what it proved: "cluster" key or its "node" credential
 
     async def push(self, message: dict) -> bool:
         try:
@@ -397,16 +399,30 @@ class VolumeServer:
         cnonce = msg.get("client_nonce")
         if not isinstance(cnonce, str) or not 16 <= len(cnonce) <= 128:
             raise ProtocolError("auth request without a valid client nonce")
-        if not auth.proofs_equal(msg.get("proof"), auth.client_proof(self.key, nonce, cnonce)):
-            raise AuthError("authentication failed: wrong cluster key")
         role, node = msg.get("role"), msg.get("node_id")
         if role not in ("admin", "node"):
             raise ProtocolError(f"unknown role {role!r}")
-        if role == "node" and not (isinstance(node, int) and 1 <= node <= 65535):
+        if role == "node" and not (isinstance(node, int) and not isinstance(node, bool)
+                                   and 1 <= node <= 65535):
             raise ProtocolError("a node session needs a node_id between 1 and 65535")
+        # The session is bound to what the client proved: node N's credential opens
+        # node N's session only; the cluster key opens any (unless refused for nodes).
+        proved = None
+        if role == "node" and auth.proofs_equal(
+                msg.get("proof"), auth.client_proof(auth.node_key(self.key, node), nonce, cnonce)):
+            proved, credential = auth.node_key(self.key, node), "node"
+        elif auth.proofs_equal(msg.get("proof"), auth.client_proof(self.key, nonce, cnonce)):
+            proved, credential = self.key, "cluster"
+        if proved is None:
+            raise AuthError("authentication failed: wrong cluster key"
+                            + (f" or node {node} credential" if role == "node" else ""))
+        if role == "node" and credential == "cluster" and self.settings.require_node_credentials:
+            raise AuthError(f"node {node} authenticated with the cluster key; this server wants "
+                            "node credentials (`vctl key issue`)")
         instance = msg.get("instance")
         instance = instance if isinstance(instance, str) and 0 < len(instance) <= 64 else None
         session = Session(conn, role, node if role == "node" else None, peer, instance)
+        session.credential = credential
         if role == "node":
             old = self.sessions.get(node)
             if old is not None and (instance is None or old.instance != instance):
@@ -414,7 +430,7 @@ class VolumeServer:
                 # that died closed its socket; a host that died is found by keepalive).
                 raise InUse(f"node id {node} is already connected from {old.peer} by another "
                             "vclient process: two nodes configured with one --node-id?")
-        await conn.send({"ok": True, "proof": auth.server_proof(self.key, nonce, cnonce),
+        await conn.send({"ok": True, "proof": auth.server_proof(proved, nonce, cnonce),
                          "server": {"id": self.server_id, "version": fencevol.__version__,
                                     "lease": self.lease_terms_wire()}})
         if role == "node":
@@ -425,7 +441,8 @@ class VolumeServer:
                 if old.cancel_scope:
                     old.cancel_scope.cancel()
             self.sessions[node] = session
-            log.info("node %d connected from %s", node, peer)
+            log.info("node %d connected from %s (%s)", node, peer,
+                     "its node credential" if credential == "node" else "the cluster key")
         else:
             self.admin_sessions.add(session)
         return session

@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd(pr, "forget", "let a preempted key register again", cmd_pr_forget)
     c.add_argument("key", metavar="KEY")
     c.add_argument("disk", nargs="?", metavar="DISK")
+
+    key = sub.add_parser("key", help="node credentials").add_subparsers(
+        dest="verb", required=True, metavar="VERB")
+    c = cmd(key, "issue", "write node N's credential (derived from the cluster key, offline): it "
+            "lets that node act as itself only -- not as another node, not as an admin", cmd_key_issue)
+    c.add_argument("node", type=int, metavar="N")
+    c.add_argument("--peers", required=True, metavar="1,2,...",
+                   help="the node ids of its cluster (heartbeat keys for each pair)")
+    c.add_argument("--out", required=True, metavar="FILE",
+                   help="where to write it (created, mode 0600; never overwritten)")
     return p
 
 
@@ -430,6 +440,31 @@ def cmd_pr_clear(args) -> None:
 def cmd_pr_forget(args) -> None:
     r = call(args, "pr_forget", {"disk": args.disk, "key": args.key})
     print_json(r["disks"]) if args.json else _print_keys(r["disks"])
+
+
+def cmd_key_issue(args) -> None:
+    from fencevol.errors import AlreadyExists, InvalidArgument
+    if not 1 <= args.node <= 65535:
+        raise InvalidArgument(f"node id {args.node} out of range 1-65535")
+    try:
+        peers = sorted({int(p) for p in args.peers.split(",") if p.strip()})
+    except ValueError:
+        raise InvalidArgument(f"--peers {args.peers!r}: expected node ids like 1,2,3") from None
+    if not peers or not all(1 <= p <= 65535 for p in peers) or len(peers) > 64:
+        raise InvalidArgument("--peers: 1 to 64 node ids, each 1-65535")
+    text = auth.issue_credential(auth.load_key_file(args.key_file), args.node, peers)
+    try:
+        auth.write_secret_file(args.out, text)
+    except FileExistsError:
+        raise AlreadyExists(f"{args.out} exists; remove it first (credentials are never "
+                            "overwritten)") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write {args.out}: {exc.strerror}") from None
+    if args.json:
+        return print_json({"node": args.node, "peers": [p for p in peers if p != args.node],
+                           "path": os.path.abspath(args.out)})
+    print(f"node {args.node} credential written to {args.out} (mode 0600); copy it to that node "
+          "only and give it to vclient --key-file")
 
 
 def main(argv: list[str] | None = None) -> None:

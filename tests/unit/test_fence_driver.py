@@ -4,6 +4,7 @@ time; a fake node stands in for the link and the gates)."""
 import pytest
 import trio
 
+from fencevol.auth import Credential
 from fencevol.errors import ChecksumError, InvalidArgument
 from vclient.cluster import ClusterOptions, FenceDriver
 
@@ -13,7 +14,7 @@ class FakeNode:
         self.answers = list(answers)             # exceptions to raise, then success
         self.calls = 0
         self.paused: set[str] = set()
-        self.cluster_key = b"k" * 32
+        self.credential = Credential(key=b"k" * 32, cluster_key=b"k" * 32)
         self.opts = type("O", (), {"node_id": 1})()
         self.lease = {"duration": 4.0, "margin": 1.0}
         self.link = self

@@ -1,8 +1,11 @@
 """Heartbeat reception: authentication, cluster and peer checks, mutual reachability,
 and duplicate node ids (pure: datagrams are built and fed in, no sockets)."""
 
+import hashlib
+import hmac
 import time
 
+from fencevol.auth import Credential, issue_credential, pair_key
 from vclient.heartbeat import TAG, Heartbeats
 
 KEY = b"k" * 32
@@ -14,19 +17,21 @@ ELSEWHERE = ("127.0.0.9", 7002)
 def node(n, peers, cluster="c1", key=KEY, state="member", changes=None):
     addrs = {1: [A1], 2: [A2], 3: [("127.0.0.1", 7003)]}
     on_change = (lambda: changes.append(1)) if changes is not None else (lambda: None)
-    return Heartbeats(cluster, n, key, addrs[n], {p: addrs[p] for p in peers}, 0.25, 1.25,
+    cred = key if isinstance(key, Credential) else Credential(key=key, cluster_key=key)
+    return Heartbeats(cluster, n, cred, addrs[n], {p: addrs[p] for p in peers}, 0.25, 1.25,
                       lambda: {"i": 7, "st": state, "g": 3, "m": [1, 2]}, on_change)
 
 
 T = time.monotonic()    # times are T + x (both sides take ``now`` as given)
 
 
-def beat(sender: Heartbeats, now: float = T, hears=()) -> bytes:
-    """A datagram from ``sender`` at ``now``, after it heard a fresh heartbeat of
-    each node in ``hears`` (Heartbeats objects) -- so it echoes their seqs."""
+def beat(sender: Heartbeats, now: float = T, hears=(), to=None) -> bytes:
+    """A datagram from ``sender`` at ``now`` for node ``to`` (its only peer when
+    None), after it heard a fresh heartbeat of each node in ``hears`` (Heartbeats
+    objects) -- so it echoes their seqs."""
     for other in hears:
-        sender.receive(other._encode(now), 0, other.links[0], now)
-    return sender._encode(now)
+        sender.receive(other._encode(now, to=sender.node), 0, other.links[0], now)
+    return sender._encode(now, to=to)
 
 
 def test_mutual_reachability_needs_both_directions():
@@ -77,7 +82,7 @@ def test_a_replay_of_a_dead_node_does_not_keep_it_reachable():
 def test_a_duplicate_report_expires():
     from vclient.heartbeat import DUPLICATE_MEMORY
     one = node(1, [2])
-    one.receive(beat(node(1, [2])), 0, ELSEWHERE, T)
+    one.receive(beat(node(1, [2]), to=1), 0, ELSEWHERE, T)
     assert "duplicate" in one.problems_at(T + 1)
     assert one.problems_at(T + DUPLICATE_MEMORY + 0.1) == {}
 
@@ -87,14 +92,14 @@ def test_rejected_datagrams_change_nothing():
     good = beat(node(2, [1]))
     for data in (b"", good[:-1] + bytes([good[-1] ^ 1]), good[:TAG],
                  beat(node(2, [1], cluster="other")), beat(node(2, [1], key=b"x" * 32)),
-                 beat(node(3, [1, 2]))):
+                 beat(node(3, [1, 2]), to=1)):
         one.receive(data, 0, A2, T)
     assert one.received == 0 and one.heard(T) == frozenset()
 
 
 def test_heartbeat_with_own_id_is_a_problem():
     one = node(1, [2])
-    one.receive(beat(node(1, [2])), 0, ELSEWHERE, T)
+    one.receive(beat(node(1, [2]), to=1), 0, ELSEWHERE, T)
     assert "duplicate" in one.problems_at(T) and one.received == 0
 
 
@@ -130,3 +135,32 @@ def test_forged_heartbeats_are_logged_rate_limited_with_bounded_memory(caplog):
     assert len(caplog.records) == 2
     assert "19999 more like it" in caplog.records[1].getMessage()
     assert len(one._log._last) <= one._log.cap and one.received == 0
+
+
+def test_a_node_credential_speaks_only_for_its_own_node(tmp_path):
+    """Identities (issue 10): heartbeat tags use the key of the pair {sender,
+    receiver}. Node 3, holding only its own credential, cannot make node 1 hear
+    a heartbeat claiming to be node 2 -- with the old shared heartbeat key it could."""
+    from fencevol import auth
+    creds = {}
+    for n in (1, 2, 3):
+        path = tmp_path / f"node{n}.cred"
+        auth.write_secret_file(str(path), issue_credential(KEY, n, [1, 2, 3]))
+        creds[n] = auth.load_credential(str(path))
+    assert creds[3].node == 3 and set(creds[3].pairs) == {1, 2}
+    addrs = {1: [A1], 2: [A2], 3: [("127.0.0.1", 7003)]}
+
+    def member(n):
+        return Heartbeats("c1", n, creds[n], addrs[n], {p: addrs[p] for p in (1, 2, 3) if p != n},
+                          0.25, 1.25, lambda: {"i": 7, "st": "member", "g": 3, "m": [1, 2, 3]},
+                          lambda: None)
+    one, two, three = member(1), member(2), member(3)
+    one.receive(two._encode(T, to=1), 0, A2, T)                 # the real node 2: heard
+    assert one.heard(T) == {2}
+    # Node 3 forges node 2 with every key it has.
+    body = two._body(T + 0.1)
+    for key in creds[3].pairs.values():
+        one.receive(body + hmac.new(key, body, hashlib.sha256).digest()[:TAG], 0, ELSEWHERE, T + 0.1)
+    assert one.received == 1
+    assert creds[1].pair(1, 2) == pair_key(KEY, 1, 2) == creds[2].pair(2, 1)
+    assert creds[3].pair(3, 2) != creds[1].pair(1, 2)
