@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import ssl
 from contextlib import asynccontextmanager
 from typing import Callable
 
@@ -201,7 +202,7 @@ async def client_handshake(conn: FramedConnection, key: bytes, role: str,
 
 async def connect(address: tuple[str, int], key: bytes, role: str,
                   node_id: int | None = None, timeout: float = HANDSHAKE_TIMEOUT,
-                  instance: str | None = None) -> RpcClient:
+                  instance: str | None = None, tls: ssl.SSLContext | None = None) -> RpcClient:
     host, port = address
     try:
         with trio.fail_after(timeout):
@@ -209,6 +210,22 @@ async def connect(address: tuple[str, int], key: bytes, role: str,
     except (OSError, trio.TooSlowError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise Unavailable(f"cannot connect to server {host}:{port}: {reason}") from None
+    if tls is not None:
+        stream = trio.SSLStream(stream, tls, server_hostname=host)
+        try:
+            with trio.fail_after(timeout):
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(stream)
+            raise Unavailable(f"server {host}:{port} did not complete the TLS handshake") from None
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(stream)
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise AuthError(f"server {host}:{port}: TLS certificate not trusted "
+                                f"({cause.verify_message})") from None
+            raise Unavailable(f"TLS handshake with server {host}:{port} failed: "
+                              f"{cause or exc} (does it serve TLS?)") from None
     conn = FramedConnection(stream)
     try:
         with trio.fail_after(timeout):
@@ -227,10 +244,10 @@ async def connect(address: tuple[str, int], key: bytes, role: str,
 
 @asynccontextmanager
 async def open_client(address: tuple[str, int], key: bytes, role: str = "admin",
-                      node_id: int | None = None):
+                      node_id: int | None = None, tls: ssl.SSLContext | None = None):
     """Connect, authenticate, and run the reader for the duration of the block.
     Errors raised in the block propagate unwrapped (not as an exception group)."""
-    client = await connect(address, key, role, node_id)
+    client = await connect(address, key, role, node_id, tls=tls)
     raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

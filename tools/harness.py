@@ -86,6 +86,7 @@ class Server:
         self.log = log or self.state_dir.parent / f"{self.state_dir.name}-vserver.log"
         self.proc: subprocess.Popen | None = None
         self.address = ""
+        self.tls_ca = ""                 # set: vctl and clients talk TLS, trusting this CA
 
     @property
     def key_file(self) -> str:
@@ -93,7 +94,8 @@ class Server:
 
     @property
     def env(self) -> dict:
-        return dict(ENV, FENCEVOL_SERVER=self.address, FENCEVOL_KEY_FILE=self.key_file)
+        env = dict(ENV, FENCEVOL_SERVER=self.address, FENCEVOL_KEY_FILE=self.key_file)
+        return env | ({"FENCEVOL_TLS_CA": self.tls_ca} if self.tls_ca else {})
 
     def start(self, listen: str | None = None) -> "Server":
         listen = listen or (self.address or "127.0.0.1:0")
@@ -187,6 +189,8 @@ class Client:
         cmd = [str(VENV_BIN / "vclient"), "run", "--node-id", str(self.node_id),
                "--server", self.server.address, "--key-file", self.server.key_file,
                "--mount", str(self.mount), "--control", self.control, *self.extra]
+        if self.server.tls_ca:
+            cmd += ["--tls-ca", self.server.tls_ca]
         for a in self.attach:
             cmd += ["--attach", a]
         return cmd
@@ -567,3 +571,25 @@ def read_backing(emap, plex: int, offset: int, length: int) -> bytes:
             f.seek(doff)
             out[boff:boff + n] = f.read(n)
     return bytes(out)
+
+
+# -- TLS test certificates (openssl CLI) -----------------------------------------------------
+def make_ca(d, name: str) -> str:
+    """A throw-away CA in directory ``d``; returns its certificate's path."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.pem", "-days", "2",
+                    "-subj", f"/CN={name}"], check=True, capture_output=True)
+    return f"{d}/{name}.pem"
+
+
+def make_server_cert(d, ca: str) -> tuple[str, str]:
+    """A server certificate for 127.0.0.1/localhost signed by CA ``ca`` (made by
+    make_ca in ``d``); returns (certificate, key) paths."""
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", f"{d}/srv.key", "-out", f"{d}/srv.csr", "-subj", "/CN=vserver"],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", f"{d}/srv.csr", "-CA", f"{d}/{ca}.pem",
+                    "-CAkey", f"{d}/{ca}.key", "-CAcreateserial", "-out", f"{d}/srv.pem", "-days", "2",
+                    "-extfile", f"{d}/ext"], check=True, capture_output=True)
+    return f"{d}/srv.pem", f"{d}/srv.key"

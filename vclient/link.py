@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import ssl
 from typing import Awaitable, Callable
 
 import trio
@@ -22,12 +23,13 @@ STABLE = 2.0      # a connection that lasted less than this is retried with back
 class ServerLink:
     def __init__(self, address: tuple[str, int], key: bytes, node_id: int,
                  on_push: Callable[[dict, bytes], None],
-                 on_connect: Callable[[], Awaitable[None]]):
+                 on_connect: Callable[[], Awaitable[None]], tls: ssl.SSLContext | None = None):
         self.address = address
         self.key = key
         self.node_id = node_id
         self.on_push = on_push
         self.on_connect = on_connect
+        self.tls = tls
         self.client: rpc.RpcClient | None = None
         self.server_info: dict = {}
         self.connects = 0
@@ -50,7 +52,7 @@ class ServerLink:
         while True:
             try:
                 client = await rpc.connect(self.address, self.key, "node", self.node_id, timeout=5,
-                                           instance=self.instance)
+                                           instance=self.instance, tls=self.tls)
             except AuthError:
                 raise
             except (Unavailable, ProtocolError, InUse) as exc:

@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"volume server (default {DEFAULT_SERVER})")
     r.add_argument("--key-file", metavar="FILE",
                    default=os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
-                   help=f"cluster key (default {DEFAULT_KEY})")
+                   help=f"this node's credential (`vctl key issue`) or the cluster key "
+                        f"(default {DEFAULT_KEY})")
+    r.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("FENCEVOL_TLS_CA") or None,
+                   help="talk TLS to the server, trusting certificates of this CA")
     r.add_argument("--mount", required=True, metavar="DIR", help="mount point")
     r.add_argument("--attach", action="append", default=[], type=_volume_spec,
                    metavar="DG/VOL[:MODE]", help="attach at start (repeatable; MODE rw|ro|ew|ex)")
@@ -180,7 +183,7 @@ def cmd_run(args) -> int:
         control_path=args.control or "", disk_paths=dict(args.disk_path),
         remote_disks=set(args.remote_disk), max_tasks=args.max_tasks,
         watchdog=args.watchdog == "on", watchdog_slack=args.watchdog_slack,
-        hw_watchdog=args.hw_watchdog, cluster=cluster)
+        hw_watchdog=args.hw_watchdog, cluster=cluster, tls_ca=args.tls_ca or "")
     trio.run(Node(opts).run, clock=BOOTTIME)
     return 0
 

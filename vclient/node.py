@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from fencevol import auth, coord
+from fencevol import auth, coord, tls
 from fencevol import clock as fvclock
 from fencevol.errors import (
     AlreadyExists,
@@ -54,6 +54,7 @@ class NodeOptions:
     watchdog_slack: float = 0.5
     hw_watchdog: str = ""
     cluster: ClusterOptions | None = None
+    tls_ca: str = ""
 
     def __post_init__(self):
         # Resolved once, before mounting: stat-ing our own mount point from the
@@ -77,7 +78,8 @@ class Node:
                                  on_down=lambda why: self.pause_all("watchdog"),
                                  on_up=lambda: self.resume_all("watchdog")) if opts.watchdog else None
         self.link = ServerLink(opts.server, self.credential.key, opts.node_id, self._on_push,
-                               self._on_connect)
+                               self._on_connect,
+                               tls.client_context(opts.tls_ca) if opts.tls_ca else None)
         self.mount = None
         self.started = time.time()
         self._nursery: trio.Nursery | None = None

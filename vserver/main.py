@@ -22,7 +22,8 @@ log = logging.getLogger("vserver")
 
 CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds": (int, float),
                "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
-               "scan": list, "log_level": str, "require_node_credentials": bool}
+               "scan": list, "log_level": str, "require_node_credentials": bool,
+               "tls_cert": str, "tls_key": str}
 
 
 def load_config(path: str) -> dict:
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--require-node-credentials", action="store_true", default=None,
                    help="refuse node sessions that authenticate with the cluster key (give "
                         "each node its own credential: `vctl key issue`)")
+    s.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
+    s.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -87,6 +90,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
         scan=list(args.scan or cfg.get("scan", [])),
         require_node_credentials=bool(args.require_node_credentials
                                       or cfg.get("require_node_credentials", False)),
+        tls_cert=args.tls_cert or cfg.get("tls_cert", ""),
+        tls_key=args.tls_key or cfg.get("tls_key", ""),
     )
     return settings, args.log_level or cfg.get("log_level", "info")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 import fencevol
-from fencevol import auth, wire
+from fencevol import auth, tls, wire
 from fencevol.ratelimit import RateLimitedLog
 from fencevol.coord import format_key, key_node
 from fencevol.crc import crc32c
@@ -73,6 +73,8 @@ class Settings:
     frame_timeout: float = limits.FRAME_TIMEOUT
     max_connections: int = limits.MAX_CONNECTIONS
     require_node_credentials: bool = False          # refuse node sessions on the cluster key
+    tls_cert: str = ""                              # PEM; TLS on every connection when set
+    tls_key: str = ""
 
     @property
     def key_path(self) -> str:
@@ -128,6 +130,10 @@ class VolumeServer:
         self.listen_address = ""
         self._lock_fd = -1
         self.memory = limits.MemoryBudget(settings.server_memory)
+        if bool(settings.tls_cert) != bool(settings.tls_key):
+            raise InvalidArgument("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        self.tls = (tls.server_context(settings.tls_cert, settings.tls_key)
+                    if settings.tls_cert or settings.tls_key else None)
         self.connections = 0
         self._log_limited = RateLimitedLog(log)
 
@@ -352,6 +358,17 @@ class VolumeServer:
 
     async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
         set_keepalive(stream)
+        if self.tls is not None:
+            stream = trio.SSLStream(stream, self.tls, server_side=True)
+            try:
+                with trio.fail_after(10):
+                    await stream.do_handshake()
+            except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+                self._log_limited("tls", trio.current_time(), "connection from %s: TLS handshake "
+                                  "failed (%s); a client without --tls-ca?", peer,
+                                  exc.__cause__ or type(exc).__name__)
+                await trio.aclose_forcefully(stream)
+                return
         conn = FramedConnection(stream, max_json=wire.PREAUTH_MAX_JSON, max_payload=0)
         session = None
         try:

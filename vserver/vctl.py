@@ -9,7 +9,7 @@ import time
 
 import trio
 
-from fencevol import auth
+from fencevol import auth, tls
 from fencevol.cli import print_json, print_table, run_main
 from fencevol.rpc import open_client, parse_address
 from fencevol.units import format_size, parse_size
@@ -28,14 +28,16 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vctl", description="Administer a fencevol volume server.",
-        epilog="Environment: FENCEVOL_SERVER, FENCEVOL_KEY_FILE give defaults for "
-               "--server and --key-file.")
+        epilog="Environment: FENCEVOL_SERVER, FENCEVOL_KEY_FILE, FENCEVOL_TLS_CA give "
+               "defaults for --server, --key-file and --tls-ca.")
     p.add_argument("--server", metavar="HOST:PORT",
                    default=os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER),
                    help=f"volume server (default {DEFAULT_SERVER})")
     p.add_argument("--key-file", metavar="FILE",
                    default=os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
                    help=f"cluster key file (default {DEFAULT_KEY})")
+    p.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("FENCEVOL_TLS_CA") or None,
+                   help="talk TLS to the server, trusting certificates of this CA")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up on the server after this long (default 30)")
     _json_flag(p)
@@ -150,7 +152,8 @@ async def _call(args, op: str, req: dict | None = None) -> dict:
     from fencevol.errors import Unavailable
     try:
         with trio.fail_after(args.timeout):
-            async with open_client(address, key, "admin") as client:
+            ctx = tls.client_context(args.tls_ca) if args.tls_ca else None
+            async with open_client(address, key, "admin", tls=ctx) as client:
                 result, _ = await client.call(op, req or {})
                 return result
     except trio.TooSlowError:

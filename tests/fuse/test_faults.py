@@ -313,3 +313,41 @@ def test_server_restart_resumes_io_without_errors(server, dg, clients, tmp_path)
     assert [e for e in w.entries() if e[3] in ("err", "fsync-err")] == []
     assert c.volume_status("dg1/cat")["delegation"] == deleg      # reclaimed, not re-granted
     assert "reclaiming 1 delegation" in c.log_text()
+
+
+def test_control_and_remote_io_over_tls(tmp_path):
+    """Issue 10: TLS for control and remote-I/O traffic. vctl and the client trust
+    the test CA; the client reaches disk1 only through the server, so data crosses
+    the TLS connection; a vctl without the CA gets no answer."""
+    from harness import Client, make_ca, make_server_cert
+    ca = make_ca(tmp_path, "ca")
+    cert, key = make_server_cert(tmp_path, "ca")
+    srv = Server(tmp_path / "state", "--tls-cert", cert, "--tls-key", key)
+    srv.tls_ca = ca
+    c = None
+    try:
+        srv.start()
+        disks = []
+        for i in range(2):
+            p = str(tmp_path / f"disk{i}.img")
+            vctl(srv, "disk", "init", p, "--size", "64M")
+            disks.append(p)
+        vctl(srv, "dg", "create", "dg1", *disks)
+        vctl(srv, "vol", "create", "dg1", "v", "8M", "--layout", "stripe", "--columns", "2",
+             "--stripe-unit", "64K")
+        c = Client(srv, 1, tmp_path, "dg1/v", extra=("--remote-disk", "disk1")).start()
+        data = os.urandom(256 * 1024)
+        assert write_at(c.path("dg1/v"), 0, data) == len(data)
+        assert read_at(c.path("dg1/v"), 0, len(data)) == data
+        remote = [d for d in c.volume_status("dg1/v")["disks"] if d["access"] == "remote"]
+        assert [d["name"] for d in remote] == ["disk1"]
+        plain = dict(srv.env)
+        del plain["FENCEVOL_TLS_CA"]
+        cp = subprocess.run([str(c.command()[0]).replace("vclient", "vctl"), "--timeout", "5",
+                             "status"], env=plain, capture_output=True, text=True, timeout=60)
+        assert cp.returncode != 0 and cp.stderr.count("\n") == 1, cp.stderr
+        assert "TLS handshake failed" in srv.log_text()
+    finally:
+        if c is not None:
+            c.stop()
+        srv.stop()
