@@ -192,7 +192,8 @@ def print_status(st: dict) -> None:
     srv = st["server"]
     link = "connected" if srv["connected"] else f"DISCONNECTED ({srv['last_error'] or 'connecting'})"
     print(f"node {st['node']}  pid {st['pid']}  mount {st['mount']}  key {st['key']}")
-    print(f"server {srv['address']}  {link}")
+    print(f"server {srv['address']}  {link}  ({srv.get('credential', '?')}"
+          + (", TLS)" if srv.get("tls") else ", no TLS)"))
     wd = st.get("watchdog") or {}
     if wd.get("enabled"):
         print(f"watchdog pid {wd['pid']}  {wd['state']}  budget {wd['budget']:.2f}s  longest without a "

@@ -341,6 +341,7 @@ def test_control_and_remote_io_over_tls(tmp_path):
         assert read_at(c.path("dg1/v"), 0, len(data)) == data
         remote = [d for d in c.volume_status("dg1/v")["disks"] if d["access"] == "remote"]
         assert [d["name"] for d in remote] == ["disk1"]
+        assert c.status()["server"]["tls"] is True
         plain = dict(srv.env)
         del plain["FENCEVOL_TLS_CA"]
         cp = subprocess.run([str(c.command()[0]).replace("vclient", "vctl"), "--timeout", "5",

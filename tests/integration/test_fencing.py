@@ -357,6 +357,7 @@ def test_duplicate_node_id_is_refused(make_cluster):
     start_members(c, (1, 2), "dg/data")
     generation = vctl_json(c.server, "coord", "show", "dg/coord")["membership"]["generation"]
     connects = c.nodes[2].status()["server"]["connects"]
+    assert c.nodes[2].status()["server"]["credential"] == "node 2 credential"   # not the cluster key
     own = f"127.0.0.1:{c.ports[2][0]}"
     args = [f"127.0.0.5:{c.ports[2][0]}" if a == own else a for a in c.node_command_args(2)]
     (c.workdir / "dup").mkdir()
