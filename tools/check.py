@@ -27,6 +27,9 @@ end the checker reads every plex straight from the images and judges
 
 A row per trial, a summary, exit status 1 on any violation. A failing trial keeps
 its directory (logs, cluster.json, images) and prints the command replaying it.
+SIGINT or SIGTERM stops after the current trial (its cluster taken down, the
+summary printed, exit status 130); a second one stops at once, still taking the
+cluster down.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -551,7 +555,20 @@ def main() -> int:
     print(f"{'trial':>5}  {'result':9}  {'secs':>5}  {'writes':>6}  {'acked':>5}  {'takeovers':>9}  "
           f"{'wd kills':>8}  faults")
     results, failed = [], []
+    stopping = []
+
+    def stop(signum, frame):            # first signal: finish this trial; second: now
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(signum)
+        print(f"{'':>7}  {signal.Signals(signum).name}: stopping after this trial "
+              "(again to stop at once; the cluster is taken down either way)", flush=True)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     for i in range(args.first_trial, args.first_trial + args.trials):
+        if stopping:
+            break
         trial = Trial(i, args.seed, args, base)
         res = trial.run()
         results.append(res)
@@ -574,12 +591,14 @@ def main() -> int:
     acked = sum(r["acked"] for r in results)
     takeovers = sum(r["takeovers"] for r in results)
     kills = sum(r["watchdog_kills"] for r in results)
+    if stopping:
+        print(f"\nstopped by {signal.Signals(stopping[0]).name} after {len(results)} of {args.trials} trials")
     print(f"\nsummary: {len(results) - len(failed)}/{len(results)} trials passed, {writes} writes, "
           f"{acked} acknowledged records checked, {takeovers} takeovers, {kills} watchdog kills"
           + (f"; FAILED trials {failed}" if failed else ""))
     if args.json:
         print(json.dumps(results, indent=2))
-    return 1 if failed else 0
+    return 1 if failed else (130 if stopping else 0)
 
 
 if __name__ == "__main__":
