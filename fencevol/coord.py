@@ -159,12 +159,27 @@ def decode(data: bytes, where: str = "coordinator") -> Membership:
 def registration_key(cluster_id: str, node_id: int, incarnation: int) -> int:
     """The node's SCSI-3 style registration key: 16 bits of the cluster, 16 of the
     node, 32 of the incarnation -- a restarted or rejoined node gets a new key."""
-    return ((crc32c(cluster_id.encode()) & 0xFFFF) << 48) | ((node_id & 0xFFFF) << 32) | (
-        incarnation & 0xFFFFFFFF)
+    return (cluster_bits(cluster_id) << 48) | ((node_id & 0xFFFF) << 32) | (incarnation & 0xFFFFFFFF)
+
+
+ANY_INCARNATION = 0xFFFFFFFF      # "every incarnation" where one is expected
+
+
+def cluster_bits(cluster_id: str) -> int:
+    """The 16 bits of a cluster in its nodes' keys ("" is a stand-alone node's)."""
+    return crc32c(cluster_id.encode()) & 0xFFFF
+
+
+def key_cluster(key: int) -> int:
+    return key >> 48
 
 
 def key_node(key: int) -> int:
     return (key >> 32) & 0xFFFF
+
+
+def key_incarnation(key: int) -> int:
+    return key & 0xFFFFFFFF
 
 
 def format_key(key: int) -> str:

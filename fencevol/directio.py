@@ -112,3 +112,9 @@ def _read_block(fd: int, view: memoryview, offset: int) -> None:
     got = os.preadv(fd, [view], offset)
     if got < len(view):
         view[got:] = bytes(len(view) - got)
+
+
+def fdatasync_all(fds) -> None:
+    """``fdatasync`` each descriptor (blocking: run it in a worker thread)."""
+    for fd in fds:
+        os.fdatasync(fd)

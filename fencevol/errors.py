@@ -10,12 +10,23 @@ from __future__ import annotations
 import errno as _errno
 
 
+_BY_CODE: dict[str, type] = {}
+
+
 class FencevolError(Exception):
-    """Base class. ``str(err)`` is the one-line message."""
+    """Base class. ``str(err)`` is the one-line message. A subclass that sets its
+    own ``code`` registers it, so a peer rebuilds that class from the wire."""
 
     code = "error"
     errno = _errno.EIO
     exit_code = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            other = _BY_CODE.setdefault(cls.code, cls)
+            if other is not cls:
+                raise TypeError(f"error code {cls.code!r} of {cls.__name__} is {other.__name__}'s")
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -124,14 +135,14 @@ class Internal(FencevolError):
     errno = _errno.EIO
 
 
-_BY_CODE = {
-    cls.code: cls
-    for cls in (
-        FencevolError, InvalidArgument, NotFound, AlreadyExists, NoSpace, Conflict,
-        Busy, InUse, ChecksumError, AuthError, ProtocolError, Unavailable, Fenced,
-        Revoked, ReservationConflict, IOFailure, Internal,
-    )
-}
+class MetadataError(InvalidArgument):
+    """A configuration copy passed its checksum but does not describe a valid group."""
+
+    code = "metadata"
+    exit_code = 1
+
+
+_BY_CODE[FencevolError.code] = FencevolError
 
 
 def from_wire(error: object) -> FencevolError:

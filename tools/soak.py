@@ -17,11 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from harness import VENV_BIN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
@@ -70,7 +66,6 @@ def main() -> int:
         for _ in range(args.hogs):
             procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
                                           start_new_session=True))
-        t0 = time.monotonic()
         print(f"soak: {args.nodes} nodes{'' if args.loopback else ' on separate hosts'}, fio "
               f"{args.jobs} job(s) each, {args.hogs} CPU hog(s), {args.minutes:g} min; in {d}",
               flush=True)

@@ -434,7 +434,7 @@ class FenceDriver:
         for v in victims:
             peer = self.hb.peers.get(v)
             inc = known.get(v, peer.member_incarnation if peer else -1)
-            incarnations[v] = inc if inc >= 0 else 0xFFFFFFFF
+            incarnations[v] = inc if inc >= 0 else coord.ANY_INCARNATION
         self.stats.fences_requested += 1
         lease = self.node.lease
         timeout = lease["duration"] + lease.get("margin", 1.0) + 10

@@ -16,12 +16,11 @@ plex has them; the gate publishes that count to the node's watchdog."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 import trio
 
-from fencevol.errors import FencevolError, IOFailure, NoSpace, Unavailable
+from fencevol.errors import IOFailure, NoSpace, Unavailable
 from fencevol.extents import ExtentMap
 from fencevol.modes import MODE_NAMES, can_write
 

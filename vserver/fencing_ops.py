@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import trio
 
-from fencevol import coord
+from fencevol import coord, directio
 from fencevol.coord import format_key, key_node
 from fencevol.errors import (
     ChecksumError,
@@ -69,12 +68,7 @@ async def write_membership(srv: VolumeServer, group: Group, vol, m: coord.Member
     emap = srv.extent_map(group, vol)
     data = coord.encode(m)
     fds = volume_write(group, emap, emap.plexes, 0, data)
-    await trio.to_thread.run_sync(_fdatasync_all, fds)
-
-
-def _fdatasync_all(fds) -> None:
-    for fd in fds:
-        os.fdatasync(fd)
+    await trio.to_thread.run_sync(directio.fdatasync_all, fds)
 
 
 def _persist_each(disks: list[Disk]) -> list[tuple[Disk, str]]:
@@ -89,10 +83,6 @@ def _persist_each(disks: list[Disk]) -> list[tuple[Disk, str]]:
     return failed
 
 
-def _key_cluster_bits(cluster_id: str) -> int:
-    return coord.registration_key(cluster_id, 0, 0) >> 48
-
-
 def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:
     """Refuse a data attach's key that is not this node's current identity (issue
     10, finding 9). Against each coordinator volume here: a key with a cluster's
@@ -102,8 +92,8 @@ def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:
     which preempts by cluster); any other key must be a stand-alone one. A
     coordinator that cannot be read is skipped and logged: it cannot say who is a
     member, and refusing every attach would not make the cluster safer."""
-    bits = key >> 48
-    incarnation = key & 0xFFFFFFFF
+    bits = coord.key_cluster(key)
+    incarnation = coord.key_incarnation(key)
     clusters: dict[int, tuple[str, coord.Membership]] = {}
     for group in srv.groups.values():
         for vol in group.config.volumes:
@@ -116,7 +106,7 @@ def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:
                 log.warning("attach of node %d: coordinator %s unreadable (%s); its membership "
                             "is not checked", node, name, exc)
                 continue
-            clusters[_key_cluster_bits(m.cluster_id)] = (name, m)
+            clusters[coord.cluster_bits(m.cluster_id)] = (name, m)
     if bits in clusters:
         name, m = clusters[bits]
         rec = m.record(node)
@@ -132,7 +122,7 @@ def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:
         if node in m.members:
             raise InvalidArgument(f"node {node} is a member of cluster {m.cluster_id} ({name}); "
                                   f"its key must carry that cluster's bits, not {format_key(key)}")
-    if bits != _key_cluster_bits(""):
+    if bits != coord.cluster_bits(""):
         raise InvalidArgument(f"key {format_key(key)}: its cluster bits name no cluster whose "
                               "coordinator is on this server, and it is not a stand-alone key")
 
@@ -164,7 +154,7 @@ async def op_coord_create(srv: VolumeServer, sess, args, payload):
         block = coord.encode(initial)
         fds = volume_write(group, emap, emap.plexes, 0,
                            block + bytes(min(vol.size, 64 << 10) - len(block)))
-        await trio.to_thread.run_sync(_fdatasync_all, fds)
+        await trio.to_thread.run_sync(directio.fdatasync_all, fds)
         await _commit(srv, group, cfg)
     log.info("created coordinator %s/%s for cluster %s, nodes %s", dg, name, cluster_id, sorted(nodes))
     return _volume_info(srv, group, vol) | {"membership": initial.to_json()}, b""
@@ -247,7 +237,7 @@ def _victims(args: dict) -> dict[int, int]:
     out: dict[int, int] = {}
     for v in raw:
         if isinstance(v, int) and not isinstance(v, bool):
-            out[v] = 0xFFFFFFFF
+            out[v] = coord.ANY_INCARNATION
         elif isinstance(v, dict) and isinstance(v.get("node"), int) and isinstance(v.get("incarnation"), int):
             out[v["node"]] = max(out.get(v["node"], 0), v["incarnation"])
         else:
@@ -275,12 +265,12 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
                                       f"(generation {m.generation}); remove it first")
             victims[node] = min(victims[node], rec.incarnation - 1)
     t0 = trio.current_time()
-    cluster_bits = _key_cluster_bits(m.cluster_id)
+    bits = coord.cluster_bits(m.cluster_id)
 
     def doomed(key: int) -> bool:
         node = key_node(key)
-        return (node in victims and key >> 48 == cluster_bits
-                and (key & 0xFFFFFFFF) <= victims[node])
+        return (node in victims and coord.key_cluster(key) == bits
+                and coord.key_incarnation(key) <= victims[node])
 
     names = sorted(victims)
     async with srv.fence_lock:

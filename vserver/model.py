@@ -10,20 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from fencevol.errors import InvalidArgument, NotFound
+from fencevol.errors import InvalidArgument, MetadataError, NotFound  # noqa: F401 (re-exported)
 from fencevol.units import SECTOR
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LAYOUTS = ("concat", "stripe", "mirror")
 KINDS = ("data", "coordinator")
 CONFIG_FORMAT = 1
-
-
-class MetadataError(InvalidArgument):
-    """A configuration copy passed its checksum but does not describe a valid group."""
-
-    code = "metadata"
-    exit_code = 1
 
 
 def check_name(name: str, what: str) -> str:

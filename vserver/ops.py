@@ -828,20 +828,15 @@ async def op_write(srv: VolumeServer, sess: Session, args, payload):
                                       f"{format_key(d.key)} is not registered (fenced)")
     fds = volume_write(group, emap, _plexes(emap, args), offset, payload)
     if args.get("sync"):
-        await trio.to_thread.run_sync(_sync_fds, fds)
+        await trio.to_thread.run_sync(directio.fdatasync_all, fds)
     return {"length": len(payload)}, b""
 
 
 @op("sync", role="node")
 async def op_sync(srv: VolumeServer, sess: Session, args, payload):
     group, vol, emap, _ = _io_target(srv, sess, args | {"offset": 0}, write=False)
-    await trio.to_thread.run_sync(_sync_fds, {group.disks[r.id].fd for r in emap.disks})
+    await trio.to_thread.run_sync(directio.fdatasync_all, {group.disks[r.id].fd for r in emap.disks})
     return {}, b""
-
-
-def _sync_fds(fds) -> None:
-    for fd in fds:
-        os.fdatasync(fd)
 
 
 @op("ping", role="any")

@@ -154,7 +154,7 @@ def test_a_node_credential_speaks_only_for_its_own_node(tmp_path):
         return Heartbeats("c1", n, creds[n], addrs[n], {p: addrs[p] for p in (1, 2, 3) if p != n},
                           0.25, 1.25, lambda: {"i": 7, "st": "member", "g": 3, "m": [1, 2, 3]},
                           lambda: None)
-    one, two, three = member(1), member(2), member(3)
+    one, two = member(1), member(2)
     one.receive(two._encode(T, to=1), 0, A2, T)                 # the real node 2: heard
     assert one.heard(T) == {2}
     # Node 3 forges node 2 with every key it has.

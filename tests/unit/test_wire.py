@@ -114,3 +114,21 @@ def test_a_key_file_that_is_a_fifo_or_a_directory_is_refused_at_once(tmp_path):
     for path in (fifo, tmp_path):
         with pytest.raises(AuthError, match="not a regular file"):
             auth.load_key_file(str(path))
+
+
+def test_every_error_class_comes_back_from_the_wire():
+    """Issue 11: the code-to-class table was a closed list that missed MetadataError
+    (a peer got a plain error, exit status 1 instead of its own)."""
+    from fencevol import errors
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+    import vclient.decisions  # noqa: F401  (its errors register on import)
+    import vserver.model  # noqa: F401
+    classes = [c for c in subclasses(errors.FencevolError) if "code" in c.__dict__]
+    assert {c.code for c in classes} >= {"metadata", "invalid", "auth", "reservation_conflict"}
+    for cls in classes:
+        back = errors.from_wire(cls("m").to_wire())
+        assert type(back) is cls and back.exit_code == cls.exit_code and str(back) == "m"
