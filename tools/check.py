@@ -51,6 +51,7 @@ from harness import (  # noqa: E402
     ENV,
     VENV_BIN,
     WriterProc,
+    alive,
     extent_map_from_show,
     parse_writer_log,
     wait_for,
@@ -251,7 +252,7 @@ class Trial:
 
         def settled():
             st = self.status()
-            return all(self.cluster_of(st, n).get("state") or not _alive(self.state["nodes"][n].get("pid"))
+            return all(self.cluster_of(st, n).get("state") or not alive(self.state["nodes"][n].get("pid"))
                        for n in self.nodes)
 
         self.wait(settled, 40, "every node to answer or be gone")
@@ -260,7 +261,7 @@ class Trial:
             self.violations += takeovers_intact(self.read_plexes(), writes, self.owner)
             self.fresh_takeovers = []
         for n in self.nodes:
-            if not _alive(self.state["nodes"][n].get("pid")):
+            if not alive(self.state["nodes"][n].get("pid")):
                 for w in self.writers[n]:
                     w.stop(timeout=5)
                 self.sh(TOOLS / "cluster", "start-node", n, "--dir", self.dir, timeout=90)
@@ -405,13 +406,13 @@ class Trial:
         """(d): every daemon alive, no traceback, every mount answers."""
         st = self.state
         for n, node in st["nodes"].items():
-            if not _alive(node.get("pid")):
+            if not alive(node.get("pid")):
                 self.violations.append(f"(d) node {n} is not running")
             try:
                 os.stat(node["mount"])
             except OSError as exc:
                 self.violations.append(f"(d) node {n}'s mount is broken: {exc.strerror}")
-        if not _alive(st["server"].get("pid")):
+        if not alive(st["server"].get("pid")):
             self.violations.append("(d) the server is not running")
         for log in list(self.dir.glob("node*.log")) + [self.dir / "vserver.log"]:
             text = log.read_text(errors="replace") if log.exists() else ""
@@ -509,15 +510,6 @@ class Trial:
         self.violations = summarize(self.violations)
 
 
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def main() -> int:

@@ -38,6 +38,7 @@ from harness import (  # noqa: E402
     ENV,
     VENV_BIN,
     Nft,
+    alive,
     force_unmount,
     free_udp_ports,
     launch,
@@ -83,23 +84,6 @@ class _ServerRef:
     @property
     def env(self):
         return dict(ENV, FENCEVOL_SERVER=self.address, FENCEVOL_KEY_FILE=self.key_file)
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:       # a zombie or a reused pid of another program does not count
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-    return not zombie and any(w in cmdline for w in (b"vclient", b"vserver", b"bindfs", b"strace"))
 
 
 def stop_pid(pid: int | None, timeout: float = 15) -> None:

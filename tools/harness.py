@@ -155,6 +155,25 @@ def vctl_json(server: Server, *args: str):
     return json.loads(vctl(server, *args, "--json").stdout)
 
 
+def alive(pid: int | None) -> bool:
+    """Is ``pid`` a running (not zombie) fencevol daemon -- vclient, vserver, or the
+    bindfs/strace a test bed started -- and not a reused pid of another program?"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:       # a zombie or a reused pid of another program does not count
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+    return not zombie and any(w in cmdline for w in (b"vclient", b"vserver", b"bindfs", b"strace"))
+
+
 def mounted(path) -> bool:
     real = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:
