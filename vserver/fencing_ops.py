@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import time
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from fencevol import coord, directio
@@ -34,19 +36,19 @@ from . import allocator
 from .delegations import REVOKED
 from .model import extent_map_wire
 from .ops import (
-    _arg,
-    _commit,
-    _io_target,
-    _next_config,
-    _resolve_disk,
-    _volume_info,
-    op,
-    volume_read,
-    volume_write,
+    commit_config,
+    io_target,
+    next_config,
+    resolve_disk,
+    volume_info,
 )
 from .pr import TYPE_NAMES
-from .server import Session, VolumeServer
-from .storage import Disk, Group, write_pr_all
+from .membership import read_membership, write_membership
+from .registry import arg, op
+from .storage import Disk, volume_write, write_pr_all
+
+if TYPE_CHECKING:
+    from .server import Session, VolumeServer
 
 log = logging.getLogger("vserver.fencing")
 
@@ -56,19 +58,6 @@ def _coordinator(srv: VolumeServer, spec: object):
     if vol.kind != "coordinator":
         raise InvalidArgument(f"{group.name}/{vol.name} is not a coordinator volume")
     return group, vol
-
-
-def read_membership(srv: VolumeServer, group: Group, vol) -> coord.Membership:
-    emap = srv.extent_map(group, vol)
-    raw = volume_read(group, emap, emap.plexes[0], 0, min(vol.size, coord.BLOCK))
-    return coord.decode(raw, f"coordinator {group.name}/{vol.name}")
-
-
-async def write_membership(srv: VolumeServer, group: Group, vol, m: coord.Membership) -> None:
-    emap = srv.extent_map(group, vol)
-    data = coord.encode(m)
-    fds = volume_write(group, emap, emap.plexes, 0, data)
-    await trio.to_thread.run_sync(directio.fdatasync_all, fds)
 
 
 def _persist_each(disks: list[Disk]) -> list[tuple[Disk, str]]:
@@ -83,60 +72,16 @@ def _persist_each(disks: list[Disk]) -> list[tuple[Disk, str]]:
     return failed
 
 
-def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:
-    """Refuse a data attach's key that is not this node's current identity (issue
-    10, finding 9). Against each coordinator volume here: a key with a cluster's
-    bits must be that cluster's member's current incarnation (an earlier one was
-    fenced or is a stale process; a later one was never joined); a member of a
-    cluster must use its cluster's key (a stand-alone key would escape the fence,
-    which preempts by cluster); any other key must be a stand-alone one. A
-    coordinator that cannot be read is skipped and logged: it cannot say who is a
-    member, and refusing every attach would not make the cluster safer."""
-    bits = coord.key_cluster(key)
-    incarnation = coord.key_incarnation(key)
-    clusters: dict[int, tuple[str, coord.Membership]] = {}
-    for group in srv.groups.values():
-        for vol in group.config.volumes:
-            if vol.kind != "coordinator":
-                continue
-            name = f"{group.name}/{vol.name}"
-            try:
-                m = read_membership(srv, group, vol)
-            except (FencevolError, OSError, KeyError) as exc:
-                log.warning("attach of node %d: coordinator %s unreadable (%s); its membership "
-                            "is not checked", node, name, exc)
-                continue
-            clusters[coord.cluster_bits(m.cluster_id)] = (name, m)
-    if bits in clusters:
-        name, m = clusters[bits]
-        rec = m.record(node)
-        if rec is None or not rec.is_member:
-            raise InvalidArgument(f"key {format_key(key)} is of cluster {m.cluster_id} ({name}), which "
-                                  f"node {node} is not a member of; join the cluster first")
-        if rec.incarnation != incarnation:
-            raise InvalidArgument(f"key {format_key(key)} is incarnation {incarnation} of node {node}, "
-                                  f"but cluster {m.cluster_id} lists incarnation {rec.incarnation} "
-                                  "(a stale or fenced process); rejoin for a current key")
-        return
-    for name, m in clusters.values():
-        if node in m.members:
-            raise InvalidArgument(f"node {node} is a member of cluster {m.cluster_id} ({name}); "
-                                  f"its key must carry that cluster's bits, not {format_key(key)}")
-    if bits != coord.cluster_bits(""):
-        raise InvalidArgument(f"key {format_key(key)}: its cluster bits name no cluster whose "
-                              "coordinator is on this server, and it is not a stand-alone key")
-
-
 # --- coordinator -----------------------------------------------------------------------------
 @op("coord_create")
 async def op_coord_create(srv: VolumeServer, sess, args, payload):
-    dg, name = _arg(args, "dg"), _arg(args, "name")
-    cluster_id = coord.check_cluster_id(_arg(args, "cluster_id"))
+    dg, name = arg(args, "dg"), arg(args, "name")
+    cluster_id = coord.check_cluster_id(arg(args, "cluster_id"))
     nodes = args.get("nodes")
     if not isinstance(nodes, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in nodes):
         raise InvalidArgument("nodes must be a list of node ids")
     size = parse_size(args.get("size", "1M"), what="coordinator size")
-    layout = _arg(args, "layout", str, "concat")
+    layout = arg(args, "layout", str, "concat")
     initial = coord.initial(cluster_id, nodes)            # validates before anything is written
     async with srv.config_lock:
         group = srv.groups.get(dg)
@@ -148,22 +93,22 @@ async def op_coord_create(srv: VolumeServer, sess, args, payload):
                 raise InvalidArgument(f"cluster {cluster_id} already has coordinator {dg}/{v.name}")
         vol = allocator.create_volume(group.config, name, size, layout, kind="coordinator",
                                       cluster_id=cluster_id)
-        cfg = _next_config(group.config, group.config.volumes + [vol])
+        cfg = next_config(group.config, group.config.volumes + [vol])
         # Write the content first: the volume only appears once it is initialized.
         emap = ExtentMap(extent_map_wire(cfg, vol, group.disk_paths()))
         block = coord.encode(initial)
         fds = volume_write(group, emap, emap.plexes, 0,
                            block + bytes(min(vol.size, 64 << 10) - len(block)))
         await trio.to_thread.run_sync(directio.fdatasync_all, fds)
-        await _commit(srv, group, cfg)
+        await commit_config(srv, group, cfg)
     log.info("created coordinator %s/%s for cluster %s, nodes %s", dg, name, cluster_id, sorted(nodes))
-    return _volume_info(srv, group, vol) | {"membership": initial.to_json()}, b""
+    return volume_info(srv, group, vol) | {"membership": initial.to_json()}, b""
 
 
 @op("coord_show")
 async def op_coord_show(srv: VolumeServer, sess, args, payload):
     group, vol = _coordinator(srv, args.get("volume"))
-    out = _volume_info(srv, group, vol)
+    out = volume_info(srv, group, vol)
     try:
         m = read_membership(srv, group, vol)
     except FencevolError as exc:
@@ -179,7 +124,7 @@ async def op_coord_clear(srv: VolumeServer, sess, args, payload):
     a live cluster's membership lets a partitioned node join beside it."""
     group, vol = _coordinator(srv, args.get("volume"))
     key = f"{group.name}/{vol.name}"
-    force = _arg(args, "force", bool, False)
+    force = arg(args, "force", bool, False)
     async with srv.vol_locks[key]:
         await srv.expire_now()
         if srv.table.on_volume(key):
@@ -204,13 +149,13 @@ async def op_coord_write(srv: VolumeServer, sess: Session, args, payload):
     """Compare-and-swap: write ``payload`` only if the coordinator's generation is
     ``expected_generation``, the caller holds it exclusively, and the new content
     is the next generation of the same cluster and node set."""
-    group, vol, emap, _ = _io_target(srv, sess, args | {"offset": 0}, write=True)
+    group, vol, emap, _ = io_target(srv, sess, args | {"offset": 0}, write=True)
     if vol.kind != "coordinator":
         raise InvalidArgument("coord_write is for coordinator volumes")
     d = srv.table.by_id[args["delegation"]]
     if d.mode not in ("ew", "ex"):
         raise InvalidArgument("coord_write needs the coordinator attached exclusive-write")
-    expected = _arg(args, "expected_generation", int)
+    expected = arg(args, "expected_generation", int)
     new = coord.decode(payload, "new coordinator content")
     async with srv.vol_locks[f"{group.name}/{vol.name}:cas"]:
         current = read_membership(srv, group, vol)
@@ -341,7 +286,7 @@ def _pr_disks(srv: VolumeServer, args: dict) -> list[Disk]:
     ref = args.get("disk")
     if ref in (None, "", "all"):
         return [d for d in srv.disks.values() if d.label and d.label.dg_name]
-    return [_resolve_disk(srv, ref)]
+    return [resolve_disk(srv, ref)]
 
 
 def _describe_keys(srv: VolumeServer, disk: Disk) -> dict:
@@ -412,7 +357,7 @@ async def op_pr_clear(srv: VolumeServer, sess, args, payload):
     server's own registration and WERO reservation. Tombstones stay."""
     if args.get("disk") in (None, "", "all"):
         raise InvalidArgument("pr clear needs one disk")
-    disk = _resolve_disk(srv, args["disk"])
+    disk = resolve_disk(srv, args["disk"])
     if srv.table.by_id and any(disk.id in srv.find_volume(d.volume)[1].disk_ids()
                                for d in srv.table.by_id.values()):
         raise InUse(f"disk {disk.name} has attached volumes; detach them first")
@@ -431,7 +376,7 @@ async def op_pr_clear(srv: VolumeServer, sess, args, payload):
 async def op_pr_forget(srv: VolumeServer, sess, args, payload):
     """Forget a preempted key so it may register again (after an admin checked
     the node is really gone; normally nodes rejoin with a new key instead)."""
-    key = _parse_key(_arg(args, "key", object))
+    key = _parse_key(arg(args, "key", object))
     hit = [d for d in _pr_disks(srv, args) if key in d.pr.preempted]
     if not hit:
         raise NotFound(f"key {format_key(key)} is not preempted on the given disk(s)")

@@ -1,8 +1,8 @@
-"""Request handlers. Each takes ``(server, session, args, payload)`` and returns
-``(result, payload)``; domain errors travel back as error replies.
-
-Admin operations (``vctl``) and node operations (``vclient``) share one table;
-node operations need a node session."""
+"""Request handlers for disks, disk groups, volumes, attachments and leases, and
+remote I/O. Each takes ``(server, session, args, payload)`` and returns ``(result,
+payload)``; domain errors travel back as error replies. The table and the role
+checks are in vserver.registry; coordinator, fence and reservation handlers in
+vserver.fencing_ops."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -17,17 +18,14 @@ from fencevol import directio, modes, ondisk
 from fencevol.coord import format_key, key_node
 from fencevol.errors import (
     AlreadyExists,
-    AuthError,
     ChecksumError,
     Conflict,
     Fenced,
     FencevolError,
     InUse,
     InvalidArgument,
-    IOFailure,
     NoSpace,
     NotFound,
-    ProtocolError,
     ReservationConflict,
     Revoked,
     Unavailable,
@@ -37,50 +35,17 @@ from fencevol.units import format_size, parse_size
 from . import allocator, storage
 from .delegations import ACTIVE, RESTORED, REVOKED, REVOKING, Delegation
 from .model import GroupConfig, Volume
-from .server import Session, VolumeServer
-from .storage import Disk, Group, write_pr_all
+from .membership import check_registration_key
+from .registry import arg, op
+from .storage import Disk, Group, volume_read, volume_write, write_pr_all
+
+if TYPE_CHECKING:
+    from .server import Session, VolumeServer
 
 log = logging.getLogger("vserver")
 
-OPS: dict[str, tuple] = {}
 MAX_IO = 8 << 20
 MAX_ATTACH_WAIT = 600.0
-
-
-def op(name: str, role: str = "admin"):
-    """Register a request handler; ``role``: who may call it -- "admin" sessions,
-    "node" sessions (vclient), or "any"."""
-    def register(fn):
-        OPS[name] = (fn, role)
-        return fn
-    return register
-
-
-async def dispatch(srv: VolumeServer, sess: Session, msg: dict, payload: bytes):
-    name = msg.get("op")
-    entry = OPS.get(name)
-    if entry is None:
-        raise ProtocolError(f"unknown operation {name!r}")
-    fn, role = entry
-    if role == "node" and sess.role != "node":
-        raise InvalidArgument(f"{name} needs a node session (vclient)")
-    if role == "admin" and sess.role != "admin":
-        raise AuthError(f"{name} is an admin operation; a node session may not use it")
-    args = msg.get("args")
-    if not isinstance(args, dict):
-        raise ProtocolError("request args must be an object")
-    return await fn(srv, sess, args, payload)
-
-
-def _arg(args: dict, name: str, kind=str, default=...):
-    v = args.get(name, default)
-    if v is ...:
-        raise InvalidArgument(f"missing argument {name!r}")
-    if v is None and default is None:
-        return None
-    if kind is int and isinstance(v, bool) or not isinstance(v, kind):
-        raise InvalidArgument(f"argument {name!r} must be {kind.__name__}")
-    return v
 
 
 # --- descriptions ---------------------------------------------------------------
@@ -123,7 +88,7 @@ def _attachments(srv: VolumeServer, key: str) -> list[dict]:
     return sorted(out, key=lambda a: a["node"])
 
 
-def _volume_info(srv: VolumeServer, g: Group, v: Volume, detail: bool = False) -> dict:
+def volume_info(srv: VolumeServer, g: Group, v: Volume, detail: bool = False) -> dict:
     key = f"{g.name}/{v.name}"
     info = {"name": key, "dg": g.name, "volume": v.name, "id": v.id, "size": v.size,
             "layout": v.layout, "columns": v.columns, "mirrors": len(v.plexes),
@@ -192,7 +157,7 @@ def _require_abs(path: object) -> str:
 async def op_disk_init(srv: VolumeServer, sess, args, payload):
     path = _require_abs(args.get("path"))
     size = args.get("size")
-    name = _arg(args, "name", str, None)
+    name = arg(args, "name", str, None)
     force = bool(args.get("force", False))
     async with srv.config_lock:
         created = False
@@ -237,7 +202,7 @@ async def op_disk_list(srv: VolumeServer, sess, args, payload):
 
 
 # --- disk groups ------------------------------------------------------------------
-def _resolve_disk(srv: VolumeServer, ref: object) -> Disk:
+def resolve_disk(srv: VolumeServer, ref: object) -> Disk:
     if not isinstance(ref, str) or not ref:
         raise InvalidArgument(f"bad disk reference {ref!r}")
     if ref in srv.disks:
@@ -265,7 +230,7 @@ def _resolve_disk(srv: VolumeServer, ref: object) -> Disk:
 
 @op("dg_create")
 async def op_dg_create(srv: VolumeServer, sess, args, payload):
-    name = _arg(args, "name")
+    name = arg(args, "name")
     refs = args.get("disks")
     if not isinstance(refs, list) or not refs:
         raise InvalidArgument("dg create needs at least one disk")
@@ -274,7 +239,7 @@ async def op_dg_create(srv: VolumeServer, sess, args, payload):
             raise AlreadyExists(f"disk group {name} already exists")
         before = set(srv.disks)
         try:
-            disks = [_resolve_disk(srv, r) for r in refs]
+            disks = [resolve_disk(srv, r) for r in refs]
             cfg = storage.make_group_config(name, disks)
         except BaseException:
             for extra in set(srv.disks) - before:
@@ -296,7 +261,7 @@ async def op_dg_list(srv: VolumeServer, sess, args, payload):
 
 @op("dg_import")
 async def op_dg_import(srv: VolumeServer, sess, args, payload):
-    name = _arg(args, "name")
+    name = arg(args, "name")
     paths = args.get("paths") or []
     scan = args.get("scan") or []
     if not isinstance(paths, list) or not isinstance(scan, list):
@@ -361,14 +326,14 @@ async def op_dg_import(srv: VolumeServer, sess, args, payload):
 @op("dg_repair")
 async def op_dg_repair(srv: VolumeServer, sess, args, payload):
     """Rewrite damaged metadata slots of a group from its newest valid configuration."""
-    name = _arg(args, "name")
+    name = arg(args, "name")
     async with srv.config_lock:
         group = srv.groups.get(name)
         if group is None:
             raise NotFound(f"no disk group {name}")
         if group.missing:
             raise InvalidArgument(f"disk group {name} is missing disks; cannot repair")
-        cfg = _next_config(group.config, group.config.volumes)
+        cfg = next_config(group.config, group.config.volumes)
         repaired = await trio.to_thread.run_sync(_repair_group, group, cfg)
         srv.install_config(group, cfg)
     log.warning("repaired disk group %s: %s", name, "; ".join(repaired) or "nothing to do")
@@ -416,12 +381,12 @@ def _repair_group(group: Group, cfg: GroupConfig) -> list[str]:
 
 
 # --- volumes --------------------------------------------------------------------------
-def _next_config(cfg: GroupConfig, volumes: list[Volume]) -> GroupConfig:
+def next_config(cfg: GroupConfig, volumes: list[Volume]) -> GroupConfig:
     return GroupConfig(id=cfg.id, name=cfg.name, generation=cfg.generation + 1,
                        disks=cfg.disks, volumes=volumes)
 
 
-async def _commit(srv: VolumeServer, group: Group, cfg: GroupConfig) -> None:
+async def commit_config(srv: VolumeServer, group: Group, cfg: GroupConfig) -> None:
     cfg.validate()
     await trio.to_thread.run_sync(storage.write_config, group, cfg)
     srv.install_config(group, cfg)
@@ -443,11 +408,11 @@ def _opt_int(args: dict, name: str) -> int | None:
 
 @op("vol_create")
 async def op_vol_create(srv: VolumeServer, sess, args, payload):
-    dg = _arg(args, "dg")
-    name = _arg(args, "name")
+    dg = arg(args, "dg")
+    name = arg(args, "name")
     size = parse_size(args.get("size", ""), what="volume size")
-    layout = _arg(args, "layout", str, "concat")
-    kind = _arg(args, "kind", str, "data")
+    layout = arg(args, "layout", str, "concat")
+    kind = arg(args, "kind", str, "data")
     if kind not in ("data", "coordinator"):
         raise InvalidArgument(f"unknown volume kind {kind!r}")
     async with srv.config_lock:
@@ -460,25 +425,25 @@ async def op_vol_create(srv: VolumeServer, sess, args, payload):
             mirrors=_opt_int(args, "mirrors"),
             stripe_unit=_opt_size(args, "stripe_unit", 4096, "stripe unit"),
             max_subdisk=_opt_size(args, "max_subdisk", allocator.ALLOC_UNIT, "subdisk size"),
-            kind=kind, cluster_id=_arg(args, "cluster_id", str, ""))
-        await _commit(srv, group, _next_config(group.config, group.config.volumes + [vol]))
+            kind=kind, cluster_id=arg(args, "cluster_id", str, ""))
+        await commit_config(srv, group, next_config(group.config, group.config.volumes + [vol]))
     log.info("created volume %s/%s: %s %s", dg, name, format_size(size), layout)
-    return _volume_info(srv, group, vol, detail=True), b""
+    return volume_info(srv, group, vol, detail=True), b""
 
 
 @op("vol_list")
 async def op_vol_list(srv: VolumeServer, sess, args, payload):
-    dg = _arg(args, "dg", str, None)
+    dg = arg(args, "dg", str, None)
     if dg is not None and dg not in srv.groups:
         raise NotFound(f"no disk group {dg}")
-    return {"volumes": [_volume_info(srv, g, v) for g in srv.groups.values()
+    return {"volumes": [volume_info(srv, g, v) for g in srv.groups.values()
                         if dg in (None, g.name) for v in g.config.volumes]}, b""
 
 
 @op("vol_show")
 async def op_vol_show(srv: VolumeServer, sess, args, payload):
     group, vol = srv.find_volume(args.get("volume"))
-    return _volume_info(srv, group, vol, detail=True), b""
+    return volume_info(srv, group, vol, detail=True), b""
 
 
 @op("vol_remove")
@@ -493,7 +458,7 @@ async def op_vol_remove(srv: VolumeServer, sess, args, payload):
             raise InUse(f"volume {key} is attached by node(s) "
                         f"{', '.join(str(d.node) for d in holders)}; detach first")
         group.check_writable()
-        await _commit(srv, group, _next_config(
+        await commit_config(srv, group, next_config(
             group.config, [v for v in group.config.volumes if v.id != vol.id]))
     log.info("removed volume %s", key)
     return {"removed": key}, b""
@@ -513,20 +478,20 @@ async def op_vol_resize(srv: VolumeServer, sess, args, payload):
             raise InUse(f"cannot shrink {key} while attached by node(s) "
                         f"{', '.join(str(d.node) for d in holders)}")
         if size == vol.size:
-            return _volume_info(srv, group, vol, detail=True), b""
+            return volume_info(srv, group, vol, detail=True), b""
         group.check_writable()
         new_vol = allocator.resize_volume(group.config, vol, size)  # NoSpace: nothing changed
         await srv.revoke(holders, "reconfigure")
         try:
             async with srv.config_lock:
-                cfg = _next_config(group.config,
+                cfg = next_config(group.config,
                                    [new_vol if v.id == vol.id else v for v in group.config.volumes])
-                await _commit(srv, group, cfg)
+                await commit_config(srv, group, cfg)
         finally:
             _, current = srv.find_volume(key)
             await _reinstate(srv, group, current, holders)
     log.info("resized volume %s from %s to %s", key, format_size(vol.size), format_size(size))
-    return _volume_info(srv, group, new_vol, detail=True), b""
+    return volume_info(srv, group, new_vol, detail=True), b""
 
 
 async def _reinstate(srv: VolumeServer, group: Group, vol: Volume, delegs: list[Delegation]) -> None:
@@ -626,7 +591,7 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
     live (being revoked, disconnected, restored after a restart) are waited out."""
     group, vol = srv.find_volume(args.get("volume"))
     key = f"{group.name}/{vol.name}"
-    mode = modes.parse_mode(_arg(args, "mode", str, "rw"))
+    mode = modes.parse_mode(arg(args, "mode", str, "rw"))
     wait = args.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_ATTACH_WAIT:
         raise InvalidArgument(f"wait must be 0-{MAX_ATTACH_WAIT:g} seconds")
@@ -639,7 +604,7 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
             raise InvalidArgument("attach of a data volume needs the node's registration key")
         if key_node(pr_key) != node:
             raise InvalidArgument(f"registration key {format_key(pr_key)} is not node {node}'s")
-        fencing_ops.check_registration_key(srv, node, pr_key)
+        check_registration_key(srv, node, pr_key)
         fresh = await register_key(srv, group, vol, pr_key, node)
         try:
             return await _grant(srv, sess, group, vol, key, mode, give_up, pr_key)
@@ -724,7 +689,7 @@ async def op_renew(srv: VolumeServer, sess: Session, args, payload):
 
 @op("detach", role="node")
 async def op_detach(srv: VolumeServer, sess: Session, args, payload):
-    d = srv.table.by_id.get(_arg(args, "delegation"))
+    d = srv.table.by_id.get(arg(args, "delegation"))
     if d is None or d.node != sess.node:
         raise NotFound("no such delegation held by this node")
     srv.table.release(d.id)
@@ -743,7 +708,7 @@ async def op_detach(srv: VolumeServer, sess: Session, args, payload):
 
 @op("revoke_ack", role="node")
 async def op_revoke_ack(srv: VolumeServer, sess: Session, args, payload):
-    d = srv.table.acknowledge(_arg(args, "delegation"), sess.node)
+    d = srv.table.acknowledge(arg(args, "delegation"), sess.node)
     if d is not None:
         log.info("node %d acknowledged revoke of %s (%s)", d.node, d.volume, d.reason)
         srv.notify()
@@ -751,8 +716,8 @@ async def op_revoke_ack(srv: VolumeServer, sess: Session, args, payload):
 
 
 # --- remote I/O ----------------------------------------------------------------------------
-def _io_target(srv: VolumeServer, sess: Session, args: dict, write: bool):
-    d = srv.table.by_id.get(_arg(args, "delegation"))
+def io_target(srv: VolumeServer, sess: Session, args: dict, write: bool):
+    d = srv.table.by_id.get(arg(args, "delegation"))
     now = trio.current_time()
     if d is None or d.node != sess.node:
         raise Revoked("remote I/O without a delegation held by this node")
@@ -761,7 +726,7 @@ def _io_target(srv: VolumeServer, sess: Session, args: dict, write: bool):
     if write and not modes.can_write(d.mode):
         raise InvalidArgument(f"{d.volume} is attached read-only")
     group, vol = srv.find_volume(d.volume)
-    offset = _arg(args, "offset", int)
+    offset = arg(args, "offset", int)
     if not 0 <= offset <= vol.size:
         raise InvalidArgument(f"offset must be 0-{vol.size} (the size of {d.volume})")
     return group, vol, srv.extent_map(group, vol), offset
@@ -778,36 +743,10 @@ def _plexes(emap, args: dict):
     return [emap.plexes[p]]
 
 
-def volume_read(group: Group, emap, plex, offset: int, length: int) -> bytes:
-    """Direct reads of one plex, any alignment."""
-    parts = []
-    for disk, doff, boff, n in plex.segments(offset, length):
-        d = group.disks[emap.disks[disk].id]
-        data = directio.read_range(d.fd, doff, n, d.block)
-        if len(data) != n:
-            raise IOFailure(f"short read from disk {emap.disks[disk].name}")
-        parts.append(data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def volume_write(group: Group, emap, plexes, offset: int, data) -> set[int]:
-    """Write ``data`` to every plex in ``plexes`` with direct I/O (partial blocks are
-    read, patched and written back; the server's loop runs one such write at a time,
-    so writes sharing a block never interleave); return the descriptors written."""
-    view = memoryview(data)
-    written = set()
-    for plex in plexes:
-        for disk, doff, boff, n in plex.segments(offset, len(data)):
-            d = group.disks[emap.disks[disk].id]
-            directio.write_range(d.fd, doff, view[boff:boff + n], d.block)
-            written.add(d.fd)
-    return written
-
-
 @op("read", role="node")
 async def op_read(srv: VolumeServer, sess: Session, args, payload):
-    group, vol, emap, offset = _io_target(srv, sess, args, write=False)
-    length = _arg(args, "length", int)
+    group, vol, emap, offset = io_target(srv, sess, args, write=False)
+    length = arg(args, "length", int)
     if not 0 <= length <= MAX_IO:
         raise InvalidArgument(f"length must be 0-{MAX_IO}")
     length = max(0, min(length, vol.size - offset))
@@ -816,7 +755,7 @@ async def op_read(srv: VolumeServer, sess: Session, args, payload):
 
 @op("write", role="node")
 async def op_write(srv: VolumeServer, sess: Session, args, payload):
-    group, vol, emap, offset = _io_target(srv, sess, args, write=True)
+    group, vol, emap, offset = io_target(srv, sess, args, write=True)
     if vol.kind == "coordinator":
         raise InvalidArgument("coordinator volumes are written with coord_write (compare-and-swap)")
     if offset + len(payload) > vol.size:
@@ -834,7 +773,7 @@ async def op_write(srv: VolumeServer, sess: Session, args, payload):
 
 @op("sync", role="node")
 async def op_sync(srv: VolumeServer, sess: Session, args, payload):
-    group, vol, emap, _ = _io_target(srv, sess, args | {"offset": 0}, write=False)
+    group, vol, emap, _ = io_target(srv, sess, args | {"offset": 0}, write=False)
     await trio.to_thread.run_sync(directio.fdatasync_all, {group.disks[r.id].fd for r in emap.disks})
     return {}, b""
 
@@ -844,5 +783,3 @@ async def op_ping(srv, sess, args, payload):
     return {"time": time.time()}, b""
 
 
-
-from . import fencing_ops  # noqa: E402,F401  (registers coord_*, fence and pr_* operations)

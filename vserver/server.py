@@ -33,6 +33,7 @@ from fencevol.lease import LeaseTerms
 from fencevol.rpc import ConnectionClosed, FramedConnection
 
 from . import limits, statefile
+from .handlers import dispatch
 from .delegations import REVOKING, Delegation, DelegationTable
 from .model import Volume, extent_map_wire
 from .storage import Disk, Group, group_from_disks
@@ -485,7 +486,6 @@ class VolumeServer:
         """Read requests and run each in its own task. When the reader stops
         (EOF, garbage, replaced session) requests already running finish: a
         configuration commit is never cut in half by a client going away."""
-        from .ops import dispatch
         limiter = trio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
         budget = limits.MemoryBudget(self.settings.session_memory, parent=self.memory)
         reader = limits.ChargedReader(session.conn, budget, self.settings.frame_timeout)

@@ -23,6 +23,7 @@ from fencevol import directio, ondisk
 from fencevol.errors import (
     AlreadyExists,
     ChecksumError,
+    IOFailure,
     InUse,
     InvalidArgument,
     NotFound,
@@ -338,3 +339,30 @@ def join_disks(group: Group, cfg: GroupConfig) -> None:
         lab = d.label
         d.write_label(ondisk.Label(lab.disk_id, lab.name, lab.size, lab.public_offset,
                                    cfg.id, cfg.name, lab.created))
+
+
+# --- volume I/O (the server's own: remote I/O, coordinator) ----------------------------
+def volume_read(group: Group, emap, plex, offset: int, length: int) -> bytes:
+    """Direct reads of one plex, any alignment."""
+    parts = []
+    for disk, doff, boff, n in plex.segments(offset, length):
+        d = group.disks[emap.disks[disk].id]
+        data = directio.read_range(d.fd, doff, n, d.block)
+        if len(data) != n:
+            raise IOFailure(f"short read from disk {emap.disks[disk].name}")
+        parts.append(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def volume_write(group: Group, emap, plexes, offset: int, data) -> set[int]:
+    """Write ``data`` to every plex in ``plexes`` with direct I/O (partial blocks are
+    read, patched and written back; the server's loop runs one such write at a time,
+    so writes sharing a block never interleave); return the descriptors written."""
+    view = memoryview(data)
+    written = set()
+    for plex in plexes:
+        for disk, doff, boff, n in plex.segments(offset, len(data)):
+            d = group.disks[emap.disks[disk].id]
+            directio.write_range(d.fd, doff, view[boff:boff + n], d.block)
+            written.add(d.fd)
+    return written

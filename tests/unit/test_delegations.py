@@ -8,7 +8,7 @@ from fencevol import coord
 from fencevol.errors import Conflict, InUse, Revoked
 from fencevol.lease import LeaseTerms
 from vserver.delegations import REVOKED, DelegationTable
-from vserver.ops import dispatch
+from vserver.handlers import dispatch
 from vserver.server import Session, Settings, VolumeServer
 
 TERMS = LeaseTerms(duration=4.0, margin=1.0, guard=0.5)

@@ -9,7 +9,7 @@ from test_delegations import FakeSession, call, connect, make_server
 
 from fencevol import coord
 from fencevol.errors import ChecksumError, Conflict, InUse, InvalidArgument, ReservationConflict, Revoked
-from vserver.ops import dispatch
+from vserver.handlers import dispatch
 from vserver.server import VolumeServer
 
 CID = "c"

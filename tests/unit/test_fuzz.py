@@ -18,7 +18,7 @@ from test_delegations import TERMS, FakeSession, call, connect
 
 from fencevol import wire
 from fencevol.errors import FencevolError, ProtocolError
-from vserver.ops import OPS, dispatch
+from vserver.handlers import OPS, dispatch
 from vserver.server import Settings, VolumeServer
 
 EXAMPLES = int(os.environ.get("FENCEVOL_FUZZ_EXAMPLES", "150"))
@@ -133,12 +133,12 @@ def test_request_handlers_answer_or_refuse_cleanly(requests):
 def test_the_fuzz_targets_find_a_planted_bug(monkeypatch):
     """The request target is not vacuous: a handler that fails on some argument
     values is found."""
-    from vserver import ops
+    from vserver import registry
 
     async def fragile(srv, sess, args, payload):
         return {"x": 1 / (args.get("size", 1) or 0)}, b""     # fails on a falsy or odd size
 
-    monkeypatch.setitem(ops.OPS, "fragile", (fragile, "any"))
+    monkeypatch.setitem(registry.OPS, "fragile", (fragile, "any"))
 
     @settings(max_examples=500, deadline=None, database=None)
     @given(args=st.dictionaries(st.sampled_from(ARGS), value, max_size=5))
