@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ProtocolError
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,25 @@ class LeaseTerms:
         if self.guard >= self.duration / 2:
             raise InvalidArgument(
                 f"lease guard {self.guard}s must be under half the lease ({self.duration}s)")
+
+    def to_wire(self) -> dict:
+        """The terms as the server announces them (hello, attach and renew replies)."""
+        return {"duration": self.duration, "guard": self.guard, "margin": self.margin,
+                "renew_interval": self.renew_interval}
+
+    @classmethod
+    def from_wire(cls, d: object) -> "LeaseTerms":
+        """Terms a server announced; missing ones are this class's defaults, bad ones
+        a ``ProtocolError`` (never silently replaced)."""
+        if d is None:
+            return cls()
+        try:
+            if not isinstance(d, dict):
+                raise TypeError
+            kw = {k: float(d[k]) for k in ("duration", "margin", "guard") if k in d}
+            return cls(**kw)
+        except (TypeError, ValueError, InvalidArgument) as exc:
+            raise ProtocolError(f"server announced bad lease terms {d!r}: {exc}") from None
 
     @property
     def renew_interval(self) -> float:

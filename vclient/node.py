@@ -22,6 +22,7 @@ from fencevol.errors import (
     NotFound,
     Unavailable,
 )
+from fencevol.lease import LeaseTerms
 from fencevol.modes import parse_mode
 
 from . import control
@@ -102,8 +103,7 @@ class Node:
     # -- lease terms (from the server's hello) -------------------------------------------------
     @property
     def lease(self) -> dict:
-        return self.link.server_info.get("lease") or {"duration": 4.0, "guard": 0.5,
-                                                      "renew_interval": 0.875}
+        return LeaseTerms.from_wire(self.link.server_info.get("lease")).to_wire()
 
     def _lease_window(self, sent_at: float) -> tuple[float, float]:
         """(write deadline, lease end) on this node's clock for a lease requested at

@@ -466,9 +466,7 @@ class VolumeServer:
         return session
 
     def lease_terms_wire(self) -> dict:
-        t = self.terms
-        return {"duration": t.duration, "guard": t.guard, "margin": t.margin,
-                "renew_interval": t.renew_interval}
+        return self.terms.to_wire()
 
     def _end_session(self, session: Session) -> None:
         if session.role == "node":

@@ -147,3 +147,16 @@ async def test_restart_grace_period(tmp_path, autojump_clock):
         assert trio.current_time() >= t_restart + 2.0
     finally:
         srv.close()
+
+
+def test_lease_terms_cross_the_wire_as_one_message():
+    """Issue 11: the client re-read the terms with defaults copied from LeaseTerms."""
+    from fencevol.errors import ProtocolError
+    from fencevol.lease import LeaseTerms
+    t = LeaseTerms(duration=6.0, margin=2.0, guard=1.0)
+    assert LeaseTerms.from_wire(t.to_wire()) == t
+    assert LeaseTerms.from_wire(None) == LeaseTerms()
+    assert LeaseTerms.from_wire(None).to_wire()["renew_interval"] == LeaseTerms().renew_interval
+    for bad in ({"duration": "x"}, {"duration": -1}, {"duration": 4, "guard": 3}, [4.0]):
+        with pytest.raises(ProtocolError):
+            LeaseTerms.from_wire(bad)
