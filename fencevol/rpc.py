@@ -20,7 +20,8 @@ from typing import Callable
 
 import trio
 
-from . import auth, wire
+from . import wire
+from .protocol.handshake import ClientHandshake
 from .errors import AuthError, FencevolError, ProtocolError, Unavailable, from_wire
 
 log = logging.getLogger("fencevol.rpc")
@@ -182,22 +183,11 @@ async def client_handshake(conn: FramedConnection, key: bytes, role: str,
     ``instance`` names the client process: the server lets a reconnect of the same
     instance replace its old session, and refuses another process using a node id
     that is still connected."""
+    hs = ClientHandshake(key, role, node_id, instance)
     hello, _ = await conn.receive()
-    if hello.get("hello") != "fencevol-vserver" or "nonce" not in hello:
-        raise ProtocolError("peer is not a fencevol server")
-    if hello.get("protocol") != wire.PROTOCOL_VERSION:
-        raise ProtocolError(f"server speaks protocol {hello.get('protocol')}, "
-                            f"this client {wire.PROTOCOL_VERSION}")
-    cnonce = auth.new_nonce()
-    await conn.send({"op": "auth", "protocol": wire.PROTOCOL_VERSION, "role": role,
-                     "node_id": node_id, "instance": instance, "client_nonce": cnonce,
-                     "proof": auth.client_proof(key, hello["nonce"], cnonce)})
+    await conn.send(hs.receive_hello(hello))
     reply, _ = await conn.receive()
-    if not reply.get("ok"):
-        raise from_wire(reply.get("error"))
-    if not auth.proofs_equal(reply.get("proof"), auth.server_proof(key, hello["nonce"], cnonce)):
-        raise AuthError("server failed to prove it holds the cluster key")
-    return hello | {"server": reply.get("server", {})}
+    return hs.receive_reply(reply)
 
 
 async def connect(address: tuple[str, int], key: bytes, role: str,

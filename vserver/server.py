@@ -17,6 +17,7 @@ import trio
 
 import fencevol
 from fencevol import auth, tls, wire
+from fencevol.protocol.handshake import ServerHandshake
 from fencevol.ratelimit import RateLimitedLog
 from fencevol.coord import format_key, key_node
 from fencevol.crc import crc32c
@@ -405,41 +406,12 @@ class VolumeServer:
                 pass
 
     async def _handshake(self, conn: FramedConnection, peer: str) -> Session:
-        nonce = auth.new_nonce()
-        await conn.send({"hello": "fencevol-vserver", "protocol": wire.PROTOCOL_VERSION,
-                         "nonce": nonce, "version": fencevol.__version__})
+        hs = ServerHandshake(self.key, fencevol.__version__, self.settings.require_node_credentials)
+        await conn.send(hs.hello())
         msg, _ = await conn.receive()
-        if msg.get("op") != "auth":
-            raise ProtocolError("expected an auth request first")
-        if msg.get("protocol") != wire.PROTOCOL_VERSION:
-            raise ProtocolError(f"client speaks protocol {msg.get('protocol')!r}, "
-                                f"server {wire.PROTOCOL_VERSION}")
-        cnonce = msg.get("client_nonce")
-        if not isinstance(cnonce, str) or not 16 <= len(cnonce) <= 128:
-            raise ProtocolError("auth request without a valid client nonce")
-        role, node = msg.get("role"), msg.get("node_id")
-        if role not in ("admin", "node"):
-            raise ProtocolError(f"unknown role {role!r}")
-        if role == "node" and not (isinstance(node, int) and not isinstance(node, bool)
-                                   and 1 <= node <= 65535):
-            raise ProtocolError("a node session needs a node_id between 1 and 65535")
-        # The session is bound to what the client proved: node N's credential opens
-        # node N's session only; the cluster key opens any (unless refused for nodes).
-        proved = None
-        if role == "node" and auth.proofs_equal(
-                msg.get("proof"), auth.client_proof(auth.node_key(self.key, node), nonce, cnonce)):
-            proved, credential = auth.node_key(self.key, node), "node"
-        elif auth.proofs_equal(msg.get("proof"), auth.client_proof(self.key, nonce, cnonce)):
-            proved, credential = self.key, "cluster"
-        if proved is None:
-            raise AuthError("authentication failed: wrong cluster key"
-                            + (f" or node {node} credential" if role == "node" else ""))
-        if role == "node" and credential == "cluster" and self.settings.require_node_credentials:
-            raise AuthError(f"node {node} authenticated with the cluster key; this server wants "
-                            "node credentials (`vctl key issue`)")
-        instance = msg.get("instance")
-        instance = instance if isinstance(instance, str) and 0 < len(instance) <= 64 else None
-        session = Session(conn, role, node if role == "node" else None, peer, instance)
+        who = hs.receive_auth(msg)
+        role, node, instance, credential = who.role, who.node, who.instance, who.credential
+        session = Session(conn, role, node, peer, instance)
         session.credential = credential
         if role == "node":
             old = self.sessions.get(node)
@@ -448,9 +420,8 @@ class VolumeServer:
                 # that died closed its socket; a host that died is found by keepalive).
                 raise InUse(f"node id {node} is already connected from {old.peer} by another "
                             "vclient process: two nodes configured with one --node-id?")
-        await conn.send({"ok": True, "proof": auth.server_proof(proved, nonce, cnonce),
-                         "server": {"id": self.server_id, "version": fencevol.__version__,
-                                    "lease": self.lease_terms_wire()}})
+        await conn.send(who.reply({"id": self.server_id, "version": fencevol.__version__,
+                                   "lease": self.lease_terms_wire()}))
         if role == "node":
             if old is not None:
                 log.warning("node %d reconnected from %s; closing its old session from %s",
