@@ -156,3 +156,22 @@ def test_the_fuzz_targets_find_a_planted_bug(monkeypatch):
         return
     raise AssertionError("the fuzzer did not find a handler failing on size=0")
 
+
+
+# -- the handshake ---------------------------------------------------------------------------
+
+@FUZZ
+@given(auth_request=st.dictionaries(
+    st.sampled_from(["op", "protocol", "role", "node_id", "instance", "client_nonce", "proof"]),
+    st.one_of(value, st.just("auth"), st.just(1), st.text(min_size=16, max_size=40)), max_size=7))
+def test_the_server_handshake_accepts_or_refuses_cleanly(auth_request):
+    from fencevol.errors import AuthError
+    from fencevol.protocol.handshake import ServerHandshake
+    server = ServerHandshake(b"k" * 32, "fuzz")
+    server.hello()
+    try:
+        server.receive_auth(auth_request)
+    except (ProtocolError, AuthError):
+        pass
+    else:
+        raise AssertionError(f"accepted without the key: {auth_request!r}")
