@@ -24,6 +24,7 @@ from fencevol.errors import (
     IOFailure,
     Unavailable,
 )
+from fencevol.protocol.messages import AttachReply, AttachRequest, DetachRequest
 
 from . import decisions
 from .decisions import EJECTED, IDLE, JOINING, LEFT, MEMBER, RACING
@@ -126,9 +127,9 @@ class FenceDriver:
         delay = 0.02
         while True:
             try:
-                r, _ = await self._call(deadline, "attach", {"volume": self.opts.coordinator,
-                                                             "mode": "ew"})
-                return r["delegation"]["id"]
+                r, _ = await self._call(deadline, "attach",
+                                        AttachRequest(self.opts.coordinator, "ew").to_wire())
+                return AttachReply.from_wire(r).delegation["id"]
             except (Conflict, Unavailable) as exc:
                 if trio.current_time() + delay > deadline:
                     raise Unavailable(f"could not get the coordinator {self.opts.coordinator} "
@@ -150,7 +151,7 @@ class FenceDriver:
     async def _detach(self, deleg: str) -> None:
         try:
             with trio.move_on_after(5):
-                await self.node.link.call("detach", {"delegation": deleg})
+                await self.node.link.call("detach", DetachRequest(deleg).to_wire())
         except FencevolError as exc:
             log.warning("coordinator detach: %s", exc)
 

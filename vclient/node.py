@@ -24,6 +24,14 @@ from fencevol.errors import (
 )
 from fencevol.lease import LeaseTerms
 from fencevol.modes import parse_mode
+from fencevol.protocol.messages import (
+    AttachReply,
+    AttachRequest,
+    DetachRequest,
+    RenewReply,
+    RenewRequest,
+    RevokeAckRequest,
+)
 
 from . import control
 from .cluster import EJECTED, MEMBER, ClusterOptions, FenceDriver
@@ -220,10 +228,10 @@ class Node:
 
     async def _grant(self, vol: AttachedVolume) -> None:
         sent = fvclock.now()
-        result, _ = await self.link.call("attach", {"volume": vol.name, "mode": vol.mode,
-                                                    "key": self.key})
-        vol.delegation = result["delegation"]["id"]
-        vol.install(result["map"], result.get("volume"))
+        result, _ = await self.link.call("attach", AttachRequest(vol.name, vol.mode, self.key).to_wire())
+        reply = AttachReply.from_wire(result)
+        vol.delegation = reply.delegation["id"]
+        vol.install(reply.map, reply.volume)
         vol.gate.renewed(*self._lease_window(sent))
 
     def _release_slot(self, vol: AttachedVolume) -> None:
@@ -244,7 +252,7 @@ class Node:
             log.warning("final sync of %s failed: %s", name, exc)
         await self._fs_changed(name)
         try:
-            await self.link.call("detach", {"delegation": vol.delegation}, timeout=5)
+            await self.link.call("detach", DetachRequest(vol.delegation).to_wire(), timeout=5)
         except (Unavailable, NotFound) as exc:
             log.warning("detach %s: server did not release the delegation (%s); it expires "
                         "with its lease", name, exc)
@@ -267,22 +275,24 @@ class Node:
             return
         sent = fvclock.now()
         try:
-            result, _ = await self.link.call("renew", {"delegations": [v.delegation for v in vols]},
-                                             timeout=self.lease["renew_interval"])
+            result, _ = await self.link.call(
+                "renew", RenewRequest([v.delegation for v in vols]).to_wire(),
+                timeout=self.lease["renew_interval"])
+            reply = RenewReply.from_wire(result)
         except Unavailable as exc:
             log.debug("renewal failed: %s", exc)
             return
         window = self._lease_window(sent)
         for v in vols:
-            r = result["results"].get(v.delegation, {})
-            if r.get("ok"):
+            r = reply.result(v.delegation)
+            if r.ok:
                 v.gate.renewed(*window)
-            elif r.get("state") == "fenced":
+            elif r.state == "fenced":
                 self._fenced(f"registration on {v.name} was preempted")
-            elif r.get("state") in ("revoking", "revoked") and v.gate.state is PAUSED:
+            elif r.state in ("revoking", "revoked") and v.gate.state is PAUSED:
                 continue          # reconfiguration in progress: wait for reinstate
             else:
-                self._lost(v, r.get("error", {}).get("message", "renewal refused"))
+                self._lost(v, (r.error or {}).get("message", "renewal refused"))
 
     def _lost(self, vol: AttachedVolume, why: str) -> None:
         """The server no longer honours the delegation: stop writes, get a new one."""
@@ -407,7 +417,7 @@ class Node:
         if vol is not None:
             await vol.gate.drain()
         try:
-            await self.link.call("revoke_ack", {"delegation": deleg})
+            await self.link.call("revoke_ack", RevokeAckRequest(deleg).to_wire())
         except FencevolError as exc:
             log.warning("revoke acknowledgement failed: %s", exc)
 

@@ -30,6 +30,15 @@ from fencevol.errors import (
     Revoked,
     Unavailable,
 )
+from fencevol.protocol.messages import (
+    AttachReply,
+    AttachRequest,
+    DetachRequest,
+    RenewReply,
+    RenewRequest,
+    RenewResult,
+    RevokeAckRequest,
+)
 from fencevol.units import format_size, parse_size
 
 from . import allocator, storage
@@ -577,11 +586,11 @@ def _delegation_reply(srv: VolumeServer, d: Delegation, group: Group, vol: Volum
     if vol.kind == "coordinator":      # ¶0050: nodes reach it only through the server
         for disk in wire_map["disks"]:
             disk["path"] = ""
-    return {"delegation": {"id": d.id, "mode": d.mode, "volume": d.volume,
-                           "lease": srv.lease_terms_wire()},
-            "map": wire_map,
-            "volume": {"name": d.volume, "id": vol.id, "size": vol.size, "layout": vol.layout,
-                       "kind": vol.kind}}
+    return AttachReply(
+        delegation={"id": d.id, "mode": d.mode, "volume": d.volume, "lease": srv.lease_terms_wire()},
+        map=wire_map,
+        volume={"name": d.volume, "id": vol.id, "size": vol.size, "layout": vol.layout,
+                "kind": vol.kind}).to_wire()
 
 
 @op("attach", role="node")
@@ -589,18 +598,18 @@ async def op_attach(srv: VolumeServer, sess: Session, args, payload):
     """Grant a delegation. Conflicts with a live holder fail at once (or after
     ``wait`` seconds); conflicts with holders that may still be valid but are not
     live (being revoked, disconnected, restored after a restart) are waited out."""
-    group, vol = srv.find_volume(args.get("volume"))
+    req = AttachRequest.from_wire(args)
+    group, vol = srv.find_volume(req.volume)
     key = f"{group.name}/{vol.name}"
-    mode = modes.parse_mode(arg(args, "mode", str, "rw"))
-    wait = args.get("wait", 0)
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_ATTACH_WAIT:
+    mode = modes.parse_mode(req.mode)
+    if not 0 <= req.wait <= MAX_ATTACH_WAIT:
         raise InvalidArgument(f"wait must be 0-{MAX_ATTACH_WAIT:g} seconds")
-    give_up = trio.current_time() + wait
+    give_up = trio.current_time() + req.wait
     node = sess.node
     pr_key = 0
     if vol.kind == "data":
-        pr_key = args.get("key")
-        if isinstance(pr_key, bool) or not isinstance(pr_key, int) or not 0 < pr_key < (1 << 64):
+        pr_key = req.key
+        if not 0 < pr_key < (1 << 64):
             raise InvalidArgument("attach of a data volume needs the node's registration key")
         if key_node(pr_key) != node:
             raise InvalidArgument(f"registration key {format_key(pr_key)} is not node {node}'s")
@@ -665,31 +674,29 @@ async def _grant(srv: VolumeServer, sess: Session, group: Group, vol: Volume, ke
 
 @op("renew", role="node")
 async def op_renew(srv: VolumeServer, sess: Session, args, payload):
-    ids = args.get("delegations")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise InvalidArgument("delegations must be a list of ids")
+    ids = RenewRequest.from_wire(args).delegations
     now = trio.current_time()
     results = {}
     for i in ids:
         d = srv.table.by_id.get(i)
         if d is not None and d.node == sess.node and d.key and not registered_everywhere(srv, d):
-            results[i] = {"ok": False, "state": "fenced", "error": Fenced(
-                f"node {d.node}'s registration on {d.volume} was preempted").to_wire()}
+            results[i] = RenewResult(False, "fenced", Fenced(
+                f"node {d.node}'s registration on {d.volume} was preempted").to_wire()).to_wire()
             continue
         try:
             srv.table.renew(i, sess.node, now, sess.id)
-            results[i] = {"ok": True}
+            results[i] = RenewResult(True).to_wire()
         except Revoked as exc:
             d = srv.table.by_id.get(i)
             state = "unknown" if d is None or d.node != sess.node else (
                 d.state if d.state in ("revoking", "revoked") else "expired")
-            results[i] = {"ok": False, "state": state, "error": exc.to_wire()}
-    return {"results": results, "lease": srv.lease_terms_wire()}, b""
+            results[i] = RenewResult(False, state, exc.to_wire()).to_wire()
+    return RenewReply(results, srv.lease_terms_wire()).to_wire(), b""
 
 
 @op("detach", role="node")
 async def op_detach(srv: VolumeServer, sess: Session, args, payload):
-    d = srv.table.by_id.get(arg(args, "delegation"))
+    d = srv.table.by_id.get(DetachRequest.from_wire(args).delegation)
     if d is None or d.node != sess.node:
         raise NotFound("no such delegation held by this node")
     srv.table.release(d.id)
@@ -708,7 +715,7 @@ async def op_detach(srv: VolumeServer, sess: Session, args, payload):
 
 @op("revoke_ack", role="node")
 async def op_revoke_ack(srv: VolumeServer, sess: Session, args, payload):
-    d = srv.table.acknowledge(arg(args, "delegation"), sess.node)
+    d = srv.table.acknowledge(RevokeAckRequest.from_wire(args).delegation, sess.node)
     if d is not None:
         log.info("node %d acknowledged revoke of %s (%s)", d.node, d.volume, d.reason)
         srv.notify()
