@@ -18,9 +18,9 @@ An ``open`` gate whose deadline has passed (server unreachable, node stopped) is
 reported as paused for ``lease``: writes wait for a renewal, up to
 ``pause_timeout``, then fail; reads still work.
 
-The hot path is ``admit_nowait()`` -- a counter published to the node's watchdog,
-an attribute check and a clock read. The count of admitted writes goes out *before*
-the clock is read: a process that freezes anywhere after that point is seen by the
+The hot path is ``admit_nowait()`` -- a state check and a clock read, then a
+counter published to the node's watchdog and the check again. The count of admitted
+writes goes out *before* the clock read that admits the write: a process that freezes anywhere after that point is seen by the
 watchdog as holding a write, and is killed if the write is still pending when the
 lease it was admitted under ends (``vclient/watchdog.py``). That lease end is
 published on every renewal, before the deadline it allows is raised."""
@@ -79,12 +79,18 @@ class FenceGate:
 
     def admit_nowait(self) -> bool:
         """Admit a write if the gate allows it now (then ``leave`` when every plex
-        has it). The write is counted, and the count published, before the check."""
+        has it). The write is counted, and the count published, before the check
+        that admits it. A write the gate refuses anyway (fenced, paused, lease
+        over) is turned away before it is counted: counting it even for an instant
+        showed the watchdog a write "pending" past its lease, and it killed a
+        healthy fenced node whose application kept trying to write."""
+        if self.state is not OPEN or self.clock() >= self.deadline:
+            return False
         self.inflight += 1
         self.slot[INFLIGHT] = self.inflight
         if self.state is OPEN and self.clock() < self.deadline:
             return True
-        self.leave()
+        self.leave()        # the deadline passed in between: the lease still has guard left
         return False
 
     async def admit(self) -> None:

@@ -103,8 +103,51 @@ def test_admission_is_published_before_the_clock_is_read():
     assert seen[-1] == 1 and slot[INFLIGHT] == 1
     g.leave()
     assert slot[INFLIGHT] == 0
-    now[0] = 10.0                                     # deadline reached: refused
+    now[0] = 10.0                                     # deadline reached: refused uncounted
     assert not g.admit_nowait()
-    assert seen[-1] == 1 and slot[INFLIGHT] == 0 and g.inflight == 0
+    assert seen[-1] == 0 and slot[INFLIGHT] == 0 and g.inflight == 0
     g.renewed(9.0, 9.5)                               # an older grant never moves it back
     assert slot[LEASE_END] == 10_500_000_000
+
+
+class SpySlot:
+    """A watchdog slot that remembers every count the gate ever published."""
+
+    def __init__(self):
+        self.words = [0, 0]
+        self.counts = []
+
+    def __getitem__(self, i):
+        return self.words[i]
+
+    def __setitem__(self, i, v):
+        self.words[i] = v
+        if i == INFLIGHT:
+            self.counts.append(v)
+
+
+def test_a_refused_write_is_never_shown_to_the_watchdog():
+    """Long run seed 400, trial 28: a fenced node whose application kept writing
+    published a count of 1 for an instant on every refused write; the watchdog
+    sampled one, saw a write "pending" 7.6 s past its lease, and killed a healthy
+    node. Refused writes are now turned away before they are counted."""
+    now = [0.0]
+    slot = SpySlot()
+    g = FenceGate(clock=lambda: now[0], slot=slot)
+    g.renewed(10.0, 10.5)
+    g.fence("ejected")
+    assert not g.admit_nowait()
+    g.unfence()
+    g.pause("membership")
+    assert not g.admit_nowait()
+    g.resume("membership")
+    now[0] = 11.0                                     # lease lapsed (server unreachable)
+    assert not g.admit_nowait()
+    assert slot.counts == [] and g.inflight == 0
+    # The deadline passing between the two clock reads: counted and uncounted at
+    # once, while the lease end (what the watchdog judges by) is still ahead.
+    reads = iter([9.9, 10.0])
+    g2 = FenceGate(clock=lambda: next(reads), slot=slot)
+    g2.renewed(10.0, 10.5)
+    assert not g2.admit_nowait()
+    assert slot.counts == [1, 0] and slot[LEASE_END] == 10_500_000_000
