@@ -68,6 +68,7 @@ class MemoryBudget:
             b.used += n
             b.peak = max(b.peak, b.used)
             b = b.parent
+        root._notify()
 
     def give(self, n: int) -> None:
         if not n:
@@ -76,9 +77,15 @@ class MemoryBudget:
         while b is not None:
             b.used -= n
             b = b.parent
-        root = self.root
-        root._changed.set()
-        root._changed = trio.Event()
+        self.root._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Return after the next take or give anywhere under this budget's root."""
+        await self.root._changed.wait()
 
 
 def frame_charge(json_len: int, payload_len: int) -> int:

@@ -43,6 +43,9 @@ def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:
     which preempts by cluster); any other key must be a stand-alone one. A
     coordinator that cannot be read is skipped and logged: it cannot say who is a
     member, and refusing every attach would not make the cluster safer."""
+    # The coordinator reads below are synchronous O_DIRECT reads of one 4 KiB block
+    # each, on the event loop: attach is not on the data path, and a thread hop per
+    # coordinator would cost more than the read.
     bits = coord.key_cluster(key)
     incarnation = coord.key_incarnation(key)
     clusters: dict[int, tuple[str, coord.Membership]] = {}

@@ -51,7 +51,7 @@ async def test_partial_frames_are_bounded_per_session_and_overall_and_time_out(t
                     await conn.stream.send_all(frame[:MiB])      # and then nothing
                 charge = limits.frame_charge(len(frame) - wire.HEADER_SIZE - 3 * MiB, 3 * MiB)
                 while srv.memory.used < 2 * charge:              # two admitted, eight wait
-                    await trio.sleep(0.01)
+                    await srv.memory.changed()
                 for conn in conns:
                     assert await closed_by_server(conn)          # each times out in turn
             finally:
@@ -80,11 +80,11 @@ async def test_an_attach_waiting_on_a_conflict_ends_when_its_client_goes_away(tm
                 "volume": "dg/v", "mode": "ex", "wait": 500,
                 "key": coord.registration_key("", 2, 1)}})
             while srv.memory.used == 0:                          # the request is waiting
-                await trio.sleep(0.01)
+                await srv.memory.changed()
             await conn.aclose()
             with trio.fail_after(5):                              # not 500 s
                 while srv.memory.used:
-                    await trio.sleep(0.01)
+                    await srv.memory.changed()
             keys = next(iter(srv.disks.values())).pr.registrations
             assert coord.registration_key("", 2, 1) not in keys   # and it left no key behind
             nursery.cancel_scope.cancel()
