@@ -74,9 +74,9 @@ class ServerHandshake:
         # Bound to what was proved: node N's credential opens node N's session only;
         # the cluster key opens any (unless the server refuses it for nodes).
         proof = msg.get("proof")
-        if role == "node" and auth.proofs_equal(
-                proof, auth.client_proof(auth.node_key(self.key, node), self.nonce, cnonce)):
-            key, credential = auth.node_key(self.key, node), "node"
+        node_key = auth.node_key(self.key, node) if role == "node" else b""
+        if node_key and auth.proofs_equal(proof, auth.client_proof(node_key, self.nonce, cnonce)):
+            key, credential = node_key, "node"
         elif auth.proofs_equal(proof, auth.client_proof(self.key, self.nonce, cnonce)):
             key, credential = self.key, "cluster"
         else:
