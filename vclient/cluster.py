@@ -24,7 +24,15 @@ from fencevol.errors import (
     IOFailure,
     Unavailable,
 )
-from fencevol.protocol.messages import AttachReply, AttachRequest, DetachRequest
+from fencevol.protocol.messages import (
+    AttachRequest,
+    CoordWriteRequest,
+    DetachRequest,
+    FenceRequest,
+    Message,
+    ReadRequest,
+    Victim,
+)
 
 from . import decisions
 from .decisions import EJECTED, IDLE, JOINING, LEFT, MEMBER, RACING
@@ -115,21 +123,20 @@ class FenceDriver:
         nursery.start_soon(self._monitor)
 
     # -- coordinator access (through the server only, ¶0050) ---------------------------------
-    async def _call(self, deadline: float, op: str, args: dict, payload: bytes = b""):
+    async def _call(self, deadline: float, msg: Message, payload: bytes = b""):
         """A server call that gives up at ``deadline``: a server that is reachable by
         TCP but silent (its packets dropped) must not hold a race or a join past
         its timeout."""
         left = max(0.05, deadline - trio.current_time())
-        return await self.node.link.call(op, args, payload, timeout=left)
+        return await self.node.link.request(msg, payload, timeout=left)
 
     async def _attach_coordinator(self, deadline: float) -> str:
         """Exclusive-write attach, retried while someone else holds it."""
         delay = 0.02
         while True:
             try:
-                r, _ = await self._call(deadline, "attach",
-                                        AttachRequest(self.opts.coordinator, "ew").to_wire())
-                return AttachReply.from_wire(r).delegation["id"]
+                r, _ = await self._call(deadline, AttachRequest(self.opts.coordinator, "ew"))
+                return r.delegation["id"]
             except (Conflict, Unavailable) as exc:
                 if trio.current_time() + delay > deadline:
                     raise Unavailable(f"could not get the coordinator {self.opts.coordinator} "
@@ -138,20 +145,18 @@ class FenceDriver:
                 delay = min(delay * 2, 0.25)
 
     async def _read(self, deleg: str, deadline: float) -> coord.Membership:
-        _, raw = await self._call(deadline, "read", {"delegation": deleg, "offset": 0,
-                                                     "length": coord.BLOCK})
+        _, raw = await self._call(deadline, ReadRequest(deleg, offset=0, length=coord.BLOCK))
         return coord.decode(raw, f"coordinator {self.opts.coordinator}")
 
     async def _cas(self, deleg: str, read: coord.Membership, new: coord.Membership,
                    deadline: float) -> None:
-        await self._call(deadline, "coord_write", {"delegation": deleg,
-                                                   "expected_generation": read.generation},
+        await self._call(deadline, CoordWriteRequest(deleg, expected_generation=read.generation),
                          coord.encode(new))
 
     async def _detach(self, deleg: str) -> None:
         try:
             with trio.move_on_after(5):
-                await self.node.link.call("detach", DetachRequest(deleg).to_wire())
+                await self.node.link.request(DetachRequest(deleg))
         except FencevolError as exc:
             log.warning("coordinator detach: %s", exc)
 
@@ -445,10 +450,8 @@ class FenceDriver:
         try:
             while True:
                 try:
-                    r, _ = await self.node.link.call(
-                        "fence", {"coordinator": self.opts.coordinator,
-                                  "victims": [{"node": v, "incarnation": incarnations[v]}
-                                              for v in victims]},
+                    r, _ = await self.node.link.request(FenceRequest(
+                        self.opts.coordinator, [Victim(v, incarnations[v]) for v in victims]),
                         timeout=timeout)
                     break
                 except (Unavailable, ChecksumError, IOFailure) as exc:
@@ -468,10 +471,10 @@ class FenceDriver:
         self.stats.last_fence = self.stats.record(
             "fenced", victims=victims, incarnations={str(v): i for v, i in incarnations.items()},
             seconds=round(time.monotonic() - t0, 3),
-            acknowledged=r.get("acknowledged"), lease_expired=r.get("lease_expired"),
+            acknowledged=r.acknowledged, lease_expired=r.lease_expired,
             generation=self.generation)
         log.warning("nodes %s fenced (%.3fs; acknowledged by %s, lease ran out for %s)", victims,
-                    time.monotonic() - t0, r.get("acknowledged"), r.get("lease_expired"))
+                    time.monotonic() - t0, r.acknowledged, r.lease_expired)
 
     # -- status ---------------------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -13,6 +13,7 @@ import trio
 
 from fencevol import rpc
 from fencevol.errors import AuthError, InUse, ProtocolError, Unavailable
+from fencevol.protocol.messages import Message, reply_of
 
 log = logging.getLogger("vclient.link")
 
@@ -97,3 +98,9 @@ class ServerLink:
         if client is None or client.is_closed:
             raise Unavailable(f"not connected to server {self.where}")
         return await client.call(op, args, payload, timeout)
+
+    async def request(self, msg: Message, payload: bytes = b"",
+                      timeout: float = math.inf) -> tuple[Message, bytes]:
+        """Send a typed request; its typed reply (checked) and the reply's payload."""
+        result, data = await self.call(msg.OP, msg.to_wire(), payload, timeout)
+        return reply_of(msg.OP, result), data

@@ -25,12 +25,13 @@ from fencevol.errors import (
 from fencevol.lease import LeaseTerms
 from fencevol.modes import parse_mode
 from fencevol.protocol.messages import (
-    AttachReply,
     AttachRequest,
     DetachRequest,
-    RenewReply,
+    ReinstatePush,
     RenewRequest,
     RevokeAckRequest,
+    RevokePush,
+    push_from_wire,
 )
 
 from . import control
@@ -228,8 +229,7 @@ class Node:
 
     async def _grant(self, vol: AttachedVolume) -> None:
         sent = fvclock.now()
-        result, _ = await self.link.call("attach", AttachRequest(vol.name, vol.mode, self.key).to_wire())
-        reply = AttachReply.from_wire(result)
+        reply, _ = await self.link.request(AttachRequest(vol.name, vol.mode, self.key))
         vol.delegation = reply.delegation["id"]
         vol.install(reply.map, reply.volume)
         vol.gate.renewed(*self._lease_window(sent))
@@ -252,7 +252,7 @@ class Node:
             log.warning("final sync of %s failed: %s", name, exc)
         await self._fs_changed(name)
         try:
-            await self.link.call("detach", DetachRequest(vol.delegation).to_wire(), timeout=5)
+            await self.link.request(DetachRequest(vol.delegation), timeout=5)
         except (Unavailable, NotFound) as exc:
             log.warning("detach %s: server did not release the delegation (%s); it expires "
                         "with its lease", name, exc)
@@ -275,10 +275,8 @@ class Node:
             return
         sent = fvclock.now()
         try:
-            result, _ = await self.link.call(
-                "renew", RenewRequest([v.delegation for v in vols]).to_wire(),
-                timeout=self.lease["renew_interval"])
-            reply = RenewReply.from_wire(result)
+            reply, _ = await self.link.request(RenewRequest([v.delegation for v in vols]),
+                                               timeout=self.lease["renew_interval"])
         except Unavailable as exc:
             log.debug("renewal failed: %s", exc)
             return
@@ -347,19 +345,23 @@ class Node:
     def _on_push(self, msg: dict, payload: bytes) -> None:
         """Called by the link's reader in stream order: state changes happen here,
         follow-up calls run in tasks."""
-        kind = msg.get("push")
-        vol = self._by_delegation(msg.get("delegation"))
-        if kind == "revoke" and msg.get("reason") == "fence":
+        try:
+            push = push_from_wire(msg)
+        except InvalidArgument as exc:
+            log.warning("ignoring push %r: %s", msg, exc)
+            return
+        vol = self._by_delegation(push.delegation)
+        if isinstance(push, RevokePush) and push.reason == "fence":
             self._fenced(f"fenced by the server ({vol.name if vol else 'unknown volume'})")
-            self._nursery.start_soon(self._ack_revoke, vol, msg.get("delegation"))
-        elif kind == "revoke":
+            self._nursery.start_soon(self._ack_revoke, vol, push.delegation)
+        elif isinstance(push, RevokePush):
             if vol is not None:
-                vol.gate.pause(str(msg.get("reason", "reconfigure")))
-                log.info("%s: delegation revoked (%s); pausing I/O", vol.name, msg.get("reason"))
-            self._nursery.start_soon(self._ack_revoke, vol, msg.get("delegation"))
-        elif kind == "reinstate" and vol is not None:
+                vol.gate.pause(push.reason)
+                log.info("%s: delegation revoked (%s); pausing I/O", vol.name, push.reason)
+            self._nursery.start_soon(self._ack_revoke, vol, push.delegation)
+        elif isinstance(push, ReinstatePush) and vol is not None:
             old = vol.size
-            vol.install(msg["map"])
+            vol.install(push.map)
             log.info("%s: reinstated with a new map (%d -> %d bytes)", vol.name, old, vol.size)
             self._nursery.start_soon(self._after_reinstate, vol, old != vol.size)
         else:
@@ -413,11 +415,11 @@ class Node:
             await self.detach(name)
         return info
 
-    async def _ack_revoke(self, vol: AttachedVolume | None, deleg: object) -> None:
+    async def _ack_revoke(self, vol: AttachedVolume | None, deleg: str) -> None:
         if vol is not None:
             await vol.gate.drain()
         try:
-            await self.link.call("revoke_ack", RevokeAckRequest(deleg).to_wire())
+            await self.link.request(RevokeAckRequest(deleg))
         except FencevolError as exc:
             log.warning("revoke acknowledgement failed: %s", exc)
 

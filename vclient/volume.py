@@ -23,6 +23,7 @@ import trio
 from fencevol.errors import IOFailure, NoSpace, Unavailable
 from fencevol.extents import ExtentMap
 from fencevol.modes import MODE_NAMES, can_write
+from fencevol.protocol.messages import ReadRequest, SyncRequest, WriteRequest
 
 from .dio import IOCB_CMD_PREAD, IOCB_CMD_PWRITE, DirectIO, DiskIOError
 from .disks import BackingDisks, DiskAccess
@@ -162,9 +163,8 @@ class AttachedVolume:
         if remote:
             view = buf.view
             for boff, n in remote:
-                _, data = await self.link.call("read", {
-                    "delegation": self.delegation, "offset": start + boff, "length": n,
-                    "plex": plex})
+                _, data = await self.link.request(ReadRequest(
+                    self.delegation, offset=start + boff, length=n, plex=plex))
                 if len(data) != n:
                     raise IOFailure(f"remote read returned {len(data)} of {n} bytes")
                 view[at + boff:at + boff + n] = data
@@ -262,9 +262,8 @@ class AttachedVolume:
         if remote:
             view = buf.view
             for p, boff, ln in remote:
-                await self.link.call("write", {"delegation": self.delegation,
-                                               "offset": start + boff, "plex": p},
-                                     bytes(view[boff:boff + ln]))
+                await self.link.request(WriteRequest(self.delegation, offset=start + boff, plex=p),
+                                        bytes(view[boff:boff + ln]))
             self.remote_dirty = True
 
     async def fsync(self) -> None:
@@ -280,7 +279,7 @@ class AttachedVolume:
         if self.remote_dirty:
             self.remote_dirty = False
             try:
-                await self.link.call("sync", {"delegation": self.delegation})
+                await self.link.request(SyncRequest(self.delegation))
             except BaseException:
                 self.remote_dirty = True
                 raise

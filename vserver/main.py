@@ -16,6 +16,7 @@ from fencevol.errors import InvalidArgument
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import parse_address
 
+from .handlers import dispatch
 from .server import DEFAULT_PORT, DEFAULT_STATE_DIR, Settings, VolumeServer
 
 log = logging.getLogger("vserver")
@@ -97,7 +98,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
 
 
 async def serve(settings: Settings) -> None:
-    server = VolumeServer(settings)
+    server = VolumeServer(settings, dispatch)
     server.open_state()
     try:
         async with trio.open_nursery() as nursery:

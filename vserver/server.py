@@ -1,5 +1,6 @@
-"""The volume server process: listener, authenticated sessions, request dispatch,
-delegation waits and persistence. Operations live in ``vserver.ops``."""
+"""The volume server process: listener, authenticated sessions, delegation waits
+and persistence. It runs each request through the ``dispatch`` it is given
+(vserver.main wires in vserver.handlers); the operations live there."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import socket
 import time
 import uuid
+from typing import Awaitable, Callable
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -18,6 +20,7 @@ import trio
 import fencevol
 from fencevol import auth, tls, wire
 from fencevol.protocol.handshake import ServerHandshake
+from fencevol.protocol.messages import Message, RevokePush, push_to_wire
 from fencevol.ratelimit import RateLimitedLog
 from fencevol.coord import format_key, key_node
 from fencevol.crc import crc32c
@@ -34,7 +37,6 @@ from fencevol.lease import LeaseTerms
 from fencevol.rpc import ConnectionClosed, FramedConnection
 
 from . import limits, statefile
-from .handlers import dispatch
 from .delegations import REVOKING, Delegation, DelegationTable
 from .model import Volume, extent_map_wire
 from .storage import Disk, Group, group_from_disks
@@ -101,17 +103,24 @@ class Session:
         self.gone = trio.Event()        # the reader stopped: nobody waits for replies
         self.credential = "cluster"     # what it proved: "cluster" key or its "node" credential
 
-    async def push(self, message: dict) -> bool:
+    async def push(self, message: Message) -> bool:
+        """Send a push message (revoke, reinstate); False if the client is gone."""
         try:
-            await self.conn.send(message)
+            await self.conn.send(push_to_wire(message))
             return True
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return False
 
 
+Dispatch = Callable[["VolumeServer", Session, dict, bytes], Awaitable[tuple[dict, bytes]]]
+
+
 class VolumeServer:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, dispatch: Dispatch | None = None):
+        """``dispatch`` runs one request (vserver.handlers.dispatch); a server
+        without one can be driven in-process but not serve."""
         self.settings = settings
+        self.dispatch = dispatch
         self.terms = settings.lease
         self.table = DelegationTable(self.terms)
         self.server_id = ""
@@ -278,8 +287,7 @@ class VolumeServer:
                 self.table.begin_revoke(d, reason)
                 sess = self.sessions.get(d.node)
                 if sess is not None and d.connected:
-                    await sess.push({"push": "revoke", "delegation": d.id, "volume": d.volume,
-                                     "reason": reason})
+                    await sess.push(RevokePush(delegation=d.id, volume=d.volume, reason=reason))
         while True:
             pending = [d for d in delegs if self.table.by_id.get(d.id) is d and d.state == REVOKING]
             if not pending:
@@ -314,6 +322,8 @@ class VolumeServer:
 
     # -- network --------------------------------------------------------------------
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if self.dispatch is None:
+            raise RuntimeError("VolumeServer.serve needs a dispatch function (vserver.handlers)")
         host, port = self.settings.listen
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
@@ -471,7 +481,7 @@ class VolumeServer:
                             except BaseException:
                                 limiter.release()
                                 raise
-                            nursery.start_soon(self._run_request, dispatch, session, msg, payload,
+                            nursery.start_soon(self._run_request, self.dispatch, session, msg, payload,
                                                limiter, budget, charge)
                     except (ConnectionClosed, ProtocolError, trio.BrokenResourceError,
                             trio.ClosedResourceError, OSError) as exc:

@@ -11,6 +11,8 @@ import trio
 
 from fencevol import auth, tls
 from fencevol.cli import print_json, print_table, run_main
+from fencevol.protocol import messages as proto
+from fencevol.protocol.messages import Message, reply_of
 from fencevol.rpc import open_client, parse_address
 from fencevol.units import format_size, parse_size
 
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _call(args, op: str, req: dict | None = None) -> dict:
+async def _call(args, req: Message) -> dict:
     key = auth.load_key_file(args.key_file)
     address = parse_address(args.server, DEFAULT_PORT)
     from fencevol.errors import Unavailable
@@ -154,14 +156,17 @@ async def _call(args, op: str, req: dict | None = None) -> dict:
         with trio.fail_after(args.timeout):
             ctx = tls.client_context(args.tls_ca) if args.tls_ca else None
             async with open_client(address, key, "admin", tls=ctx) as client:
-                result, _ = await client.call(op, req or {})
+                result, _ = await client.call(req.OP, req.to_wire())
+                reply_of(req.OP, result)       # the reply is checked against its type
                 return result
     except trio.TooSlowError:
         raise Unavailable(f"server {args.server} did not answer within {args.timeout:g}s") from None
 
 
-def call(args, op: str, req: dict | None = None) -> dict:
-    return trio.run(_call, args, op, req)
+def call(args, req: Message) -> dict:
+    """Send one typed request; the reply's result object (checked against the
+    operation's reply type)."""
+    return trio.run(_call, args, req)
 
 
 def _problems(items) -> None:
@@ -172,7 +177,7 @@ def _problems(items) -> None:
 
 # --- commands ---------------------------------------------------------------------------
 def cmd_status(args) -> None:
-    st = call(args, "status")
+    st = call(args, proto.StatusRequest())
     if args.json:
         return print_json(st)
     s = st["server"]
@@ -220,12 +225,9 @@ def _print_groups(groups) -> None:
 
 
 def cmd_disk_init(args) -> None:
-    req = {"path": os.path.abspath(args.path), "force": args.force}
-    if args.size:
-        req["size"] = parse_size(args.size, align=1 << 20, what="disk size")
-    if args.name:
-        req["name"] = args.name
-    d = call(args, "disk_init", req)
+    d = call(args, proto.DiskInitRequest(
+        path=os.path.abspath(args.path), force=args.force, name=args.name or None,
+        size=parse_size(args.size, align=1 << 20, what="disk size") if args.size else None))
     if args.json:
         return print_json(d)
     print(f"initialized disk {d['name']} ({d['id']}) at {d['path']}: "
@@ -233,7 +235,7 @@ def cmd_disk_init(args) -> None:
 
 
 def cmd_disk_list(args) -> None:
-    disks = call(args, "disk_list")["disks"]
+    disks = call(args, proto.DiskListRequest())["disks"]
     if args.json:
         return print_json(disks)
     _print_disks(disks)
@@ -244,7 +246,7 @@ def _disk_ref(ref: str) -> str:
 
 
 def cmd_dg_create(args) -> None:
-    g = call(args, "dg_create", {"name": args.name, "disks": [_disk_ref(d) for d in args.disks]})
+    g = call(args, proto.DgCreateRequest(name=args.name, disks=[_disk_ref(d) for d in args.disks]))
     if args.json:
         return print_json(g)
     print(f"created disk group {g['name']} ({g['id']}) on {', '.join(g['disks'])}: "
@@ -252,15 +254,15 @@ def cmd_dg_create(args) -> None:
 
 
 def cmd_dg_list(args) -> None:
-    groups = call(args, "dg_list")["groups"]
+    groups = call(args, proto.DgListRequest())["groups"]
     if args.json:
         return print_json(groups)
     _print_groups(groups)
 
 
 def cmd_dg_import(args) -> None:
-    g = call(args, "dg_import", {"name": args.name, "paths": [os.path.abspath(p) for p in args.paths],
-                                 "scan": args.scan or []})
+    g = call(args, proto.DgImportRequest(name=args.name, paths=[os.path.abspath(p) for p in args.paths],
+                                         scan=args.scan or []))
     if args.json:
         return print_json(g)
     print(f"imported disk group {g['name']} ({g['id']}, generation {g['generation']}): "
@@ -269,24 +271,20 @@ def cmd_dg_import(args) -> None:
 
 
 def cmd_dg_repair(args) -> None:
-    r = call(args, "dg_repair", {"name": args.name})
+    r = call(args, proto.DgRepairRequest(name=args.name))
     if args.json:
         return print_json(r)
     print("repaired: " + (", ".join(r["repaired"]) or "nothing was damaged; copies rewritten"))
 
 
 def cmd_vol_create(args) -> None:
-    req = {"dg": args.dg, "name": args.name, "size": parse_size(args.size, what="volume size"),
-           "layout": args.layout}
-    if args.columns is not None:
-        req["columns"] = args.columns
-    if args.mirrors is not None:
-        req["mirrors"] = args.mirrors
-    if args.stripe_unit:
-        req["stripe_unit"] = parse_size(args.stripe_unit, align=4096, what="stripe unit")
-    if args.max_subdisk:
-        req["max_subdisk"] = parse_size(args.max_subdisk, align=1, what="subdisk size")
-    v = call(args, "vol_create", req)
+    v = call(args, proto.VolCreateRequest(
+        dg=args.dg, name=args.name, size=parse_size(args.size, what="volume size"),
+        layout=args.layout, columns=args.columns, mirrors=args.mirrors,
+        stripe_unit=parse_size(args.stripe_unit, align=4096, what="stripe unit")
+        if args.stripe_unit else None,
+        max_subdisk=parse_size(args.max_subdisk, align=1, what="subdisk size")
+        if args.max_subdisk else None))
     if args.json:
         return print_json(v)
     print(f"created volume {v['name']}: {format_size(v['size'])} {_layout_text(v)}, "
@@ -307,7 +305,7 @@ def _attached_text(v: dict) -> str:
 
 
 def cmd_vol_list(args) -> None:
-    vols = call(args, "vol_list", {"dg": args.dg} if args.dg else {})["volumes"]
+    vols = call(args, proto.VolListRequest(dg=args.dg or None))["volumes"]
     if args.json:
         return print_json(vols)
     if not vols:
@@ -319,7 +317,7 @@ def cmd_vol_list(args) -> None:
 
 
 def cmd_vol_show(args) -> None:
-    v = call(args, "vol_show", {"volume": args.volume})
+    v = call(args, proto.VolShowRequest(volume=args.volume))
     if args.json:
         return print_json(v)
     _print_volume(v)
@@ -341,15 +339,15 @@ def _print_volume(v: dict) -> None:
 
 def cmd_vol_resize(args) -> None:
     t0 = time.monotonic()
-    v = call(args, "vol_resize", {"volume": args.volume,
-                                  "size": parse_size(args.size, what="volume size")})
+    v = call(args, proto.VolResizeRequest(volume=args.volume,
+                                          size=parse_size(args.size, what="volume size")))
     if args.json:
         return print_json(v)
     print(f"resized {v['name']} to {format_size(v['size'])} in {time.monotonic() - t0:.2f}s")
 
 
 def cmd_vol_remove(args) -> None:
-    r = call(args, "vol_remove", {"volume": args.volume})
+    r = call(args, proto.VolRemoveRequest(volume=args.volume))
     if args.json:
         return print_json(r)
     print(f"removed volume {r['removed']}")
@@ -371,10 +369,9 @@ def _print_membership(m: dict) -> None:
 
 
 def cmd_coord_create(args) -> None:
-    r = call(args, "coord_create", {"dg": args.dg, "name": args.name, "cluster_id": args.cluster_id,
-                                    "nodes": _parse_nodes(args.nodes),
-                                    "size": parse_size(args.size, what="coordinator size"),
-                                    "layout": args.layout})
+    r = call(args, proto.CoordCreateRequest(
+        dg=args.dg, name=args.name, cluster_id=args.cluster_id, nodes=_parse_nodes(args.nodes),
+        size=parse_size(args.size, what="coordinator size"), layout=args.layout))
     if args.json:
         return print_json(r)
     print(f"created coordinator {r['name']} for cluster {args.cluster_id}")
@@ -382,7 +379,7 @@ def cmd_coord_create(args) -> None:
 
 
 def cmd_coord_show(args) -> None:
-    r = call(args, "coord_show", {"volume": args.volume})
+    r = call(args, proto.CoordShowRequest(volume=args.volume))
     if args.json:
         return print_json(r)
     print(f"coordinator {r['name']}  {format_size(r['size'])} {_layout_text(r)}  "
@@ -394,7 +391,7 @@ def cmd_coord_show(args) -> None:
 
 
 def cmd_coord_clear(args) -> None:
-    r = call(args, "coord_clear", {"volume": args.volume, "force": args.force})
+    r = call(args, proto.CoordClearRequest(volume=args.volume, force=args.force))
     if r.get("forced_live"):
         print(f"WARNING: members {', '.join(map(str, r['forced_live']))} were still up; they are "
               "not fenced and may write beside a newly formed cluster", file=sys.stderr)
@@ -416,32 +413,28 @@ def _print_keys(disks: list[dict], reservation_only: bool = False) -> None:
 
 
 def cmd_pr_read_keys(args) -> None:
-    r = call(args, "pr_read_keys", {"disk": args.disk})
+    r = call(args, proto.PrReadKeysRequest(disk=args.disk))
     print_json(r["disks"]) if args.json else _print_keys(r["disks"])
 
 
 def cmd_pr_read_reservation(args) -> None:
-    r = call(args, "pr_read_reservation", {"disk": args.disk})
+    r = call(args, proto.PrReadReservationRequest(disk=args.disk))
     print_json(r["disks"]) if args.json else _print_keys(r["disks"], reservation_only=True)
 
 
 def cmd_pr_preempt(args) -> None:
-    req = {"disk": args.disk}
-    if args.key:
-        req["key"] = args.key
-    else:
-        req["node"] = args.node
-    r = call(args, "pr_preempt", req)
+    r = call(args, proto.PrPreemptRequest(disk=args.disk, key=args.key or None,
+                                          node=None if args.key else args.node))
     print_json(r["disks"]) if args.json else _print_keys(r["disks"])
 
 
 def cmd_pr_clear(args) -> None:
-    r = call(args, "pr_clear", {"disk": args.disk})
+    r = call(args, proto.PrClearRequest(disk=args.disk))
     print_json(r["disks"]) if args.json else _print_keys(r["disks"])
 
 
 def cmd_pr_forget(args) -> None:
-    r = call(args, "pr_forget", {"disk": args.disk, "key": args.key})
+    r = call(args, proto.PrForgetRequest(key=args.key, disk=args.disk))
     print_json(r["disks"]) if args.json else _print_keys(r["disks"])
 
 

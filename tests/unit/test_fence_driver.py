@@ -6,6 +6,7 @@ import trio
 
 from fencevol.auth import Credential
 from fencevol.errors import ChecksumError, InvalidArgument
+from fencevol.protocol.messages import FenceReply, FenceRequest
 from vclient.cluster import ClusterOptions, FenceDriver
 
 
@@ -19,12 +20,14 @@ class FakeNode:
         self.lease = {"duration": 4.0, "margin": 1.0}
         self.link = self
 
-    async def call(self, op, args, payload=b"", timeout=None):
-        assert op == "fence"
+    async def request(self, msg, payload=b"", timeout=None):
+        assert isinstance(msg, FenceRequest)
         self.calls += 1
         if self.answers:
             raise self.answers.pop(0)
-        return {"fenced": [v["node"] for v in args["victims"]]}, b""
+        victims = [v.node for v in msg.victims]
+        return FenceReply(fenced=victims, preempted=len(victims), acknowledged=victims,
+                          lease_expired=[], seconds=0.1), b""
 
     def pause_all(self, reason):
         self.paused.add(reason)

@@ -7,6 +7,7 @@ from test_delegations import TERMS, FakeSession, call, connect
 from fencevol import coord, wire
 from fencevol.rpc import ConnectionClosed, FramedConnection, client_handshake, open_client, parse_address
 from vserver import limits
+from vserver.handlers import dispatch
 from vserver.server import Settings, VolumeServer
 
 MiB = 1 << 20
@@ -14,7 +15,7 @@ MiB = 1 << 20
 
 async def serving(tmp_path, nursery, **limits_) -> tuple[VolumeServer, tuple[str, int]]:
     srv = VolumeServer(Settings(state_dir=str(tmp_path / "state"), listen=("127.0.0.1", 0),
-                                lease=TERMS, **limits_))
+                                lease=TERMS, **limits_), dispatch)
     srv.open_state()
     await nursery.start(srv.serve)
     return srv, parse_address(srv.listen_address)

@@ -30,30 +30,25 @@ from fencevol.errors import (
     NotFound,
 )
 from fencevol.extents import ExtentMap
+from fencevol.protocol import messages as m
 from fencevol.units import parse_size
 
-from . import allocator
-from .delegations import REVOKED
-from .model import extent_map_wire
-from .ops import (
-    commit_config,
-    io_target,
-    next_config,
-    resolve_disk,
-    volume_info,
-)
-from .pr import TYPE_NAMES
-from .membership import read_membership, write_membership
-from .registry import arg, op
-from .storage import Disk, volume_write, write_pr_all
+from .. import allocator
+from ..delegations import REVOKED
+from ..membership import read_membership, write_membership
+from ..model import extent_map_wire
+from ..pr import TYPE_NAMES
+from ..registry import op
+from ..storage import Disk, volume_write, write_pr_all
+from .common import commit_config, io_target, next_config, resolve_disk, volume_info, writable_group
 
 if TYPE_CHECKING:
-    from .server import Session, VolumeServer
+    from ..server import Session, VolumeServer
 
 log = logging.getLogger("vserver.fencing")
 
 
-def _coordinator(srv: VolumeServer, spec: object):
+def _coordinator(srv: VolumeServer, spec: str):
     group, vol = srv.find_volume(spec)
     if vol.kind != "coordinator":
         raise InvalidArgument(f"{group.name}/{vol.name} is not a coordinator volume")
@@ -74,20 +69,13 @@ def _persist_each(disks: list[Disk]) -> list[tuple[Disk, str]]:
 
 # --- coordinator -----------------------------------------------------------------------------
 @op("coord_create")
-async def op_coord_create(srv: VolumeServer, sess, args, payload):
-    dg, name = arg(args, "dg"), arg(args, "name")
-    cluster_id = coord.check_cluster_id(arg(args, "cluster_id"))
-    nodes = args.get("nodes")
-    if not isinstance(nodes, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in nodes):
-        raise InvalidArgument("nodes must be a list of node ids")
-    size = parse_size(args.get("size", "1M"), what="coordinator size")
-    layout = arg(args, "layout", str, "concat")
+async def op_coord_create(srv: VolumeServer, sess: Session, req: m.CoordCreateRequest, payload):
+    dg, name, nodes, layout = req.dg, req.name, req.nodes, req.layout
+    cluster_id = coord.check_cluster_id(req.cluster_id)
+    size = parse_size(req.size, what="coordinator size")
     initial = coord.initial(cluster_id, nodes)            # validates before anything is written
     async with srv.config_lock:
-        group = srv.groups.get(dg)
-        if group is None:
-            raise NotFound(f"no disk group {dg}")
-        group.check_writable()
+        group = writable_group(srv, dg)
         for v in group.config.volumes:
             if v.kind == "coordinator" and v.cluster_id == cluster_id:
                 raise InvalidArgument(f"cluster {cluster_id} already has coordinator {dg}/{v.name}")
@@ -102,60 +90,57 @@ async def op_coord_create(srv: VolumeServer, sess, args, payload):
         await trio.to_thread.run_sync(directio.fdatasync_all, fds)
         await commit_config(srv, group, cfg)
     log.info("created coordinator %s/%s for cluster %s, nodes %s", dg, name, cluster_id, sorted(nodes))
-    return volume_info(srv, group, vol) | {"membership": initial.to_json()}, b""
+    return volume_info(srv, group, vol, membership=initial.to_json()), b""
 
 
 @op("coord_show")
-async def op_coord_show(srv: VolumeServer, sess, args, payload):
-    group, vol = _coordinator(srv, args.get("volume"))
-    out = volume_info(srv, group, vol)
+async def op_coord_show(srv: VolumeServer, sess: Session, req: m.CoordShowRequest, payload):
+    group, vol = _coordinator(srv, req.volume)
     try:
-        m = read_membership(srv, group, vol)
+        membership = read_membership(srv, group, vol)
     except FencevolError as exc:
-        return out | {"checksum_ok": False, "error": str(exc)}, b""
-    return out | {"checksum_ok": True, "membership": m.to_json()}, b""
+        return volume_info(srv, group, vol, checksum_ok=False, error=str(exc)), b""
+    return volume_info(srv, group, vol, checksum_ok=True, membership=membership.to_json()), b""
 
 
 @op("coord_clear")
-async def op_coord_clear(srv: VolumeServer, sess, args, payload):
+async def op_coord_clear(srv: VolumeServer, sess: Session, req: m.CoordClearRequest, payload):
     """After a whole-cluster crash: mark every node as not a member (like
     vxfenclearpre). Refused while anyone holds the coordinator, and while a member
     is still up here (connected, or holding a delegation) unless ``force``: clearing
     a live cluster's membership lets a partitioned node join beside it."""
-    group, vol = _coordinator(srv, args.get("volume"))
+    group, vol = _coordinator(srv, req.volume)
     key = f"{group.name}/{vol.name}"
-    force = arg(args, "force", bool, False)
     async with srv.vol_locks[key]:
         await srv.expire_now()
         if srv.table.on_volume(key):
             raise InUse(f"{key} is attached; clear it only when the cluster is down")
-        m = read_membership(srv, group, vol)
-        live = sorted(n for n in m.members if n in srv.sessions or srv.table.of_node(n))
-        if live and not force:
-            raise InUse(f"node(s) {', '.join(map(str, live))} of cluster {m.cluster_id} are members and "
-                        "still up (connected or holding delegations); stop them first, or --force "
-                        "if you are sure they are down")
-        new = m.changed({r.node_id: {"is_member": False} for r in m.records})
+        cur = read_membership(srv, group, vol)
+        live = sorted(n for n in cur.members if n in srv.sessions or srv.table.of_node(n))
+        if live and not req.force:
+            raise InUse(f"node(s) {', '.join(map(str, live))} of cluster {cur.cluster_id} are members "
+                        "and still up (connected or holding delegations); stop them first, or "
+                        "--force if you are sure they are down")
+        new = cur.changed({r.node_id: {"is_member": False} for r in cur.records})
         await write_membership(srv, group, vol, new)
     if live:
         log.warning("coordinator %s cleared with --force while members %s were up: they keep "
                     "writing until fenced", key, live)
-    log.warning("cleared coordinator %s (generation %d -> %d)", key, m.generation, new.generation)
-    return {"membership": new.to_json(), "forced_live": live}, b""
+    log.warning("cleared coordinator %s (generation %d -> %d)", key, cur.generation, new.generation)
+    return m.CoordClearReply(membership=new.to_json(), forced_live=live), b""
 
 
 @op("coord_write", role="node")
-async def op_coord_write(srv: VolumeServer, sess: Session, args, payload):
+async def op_coord_write(srv: VolumeServer, sess: Session, req: m.CoordWriteRequest, payload):
     """Compare-and-swap: write ``payload`` only if the coordinator's generation is
     ``expected_generation``, the caller holds it exclusively, and the new content
     is the next generation of the same cluster and node set."""
-    group, vol, emap, _ = io_target(srv, sess, args | {"offset": 0}, write=True)
+    d, group, vol, _ = io_target(srv, sess, req.delegation, 0, write=True)
     if vol.kind != "coordinator":
         raise InvalidArgument("coord_write is for coordinator volumes")
-    d = srv.table.by_id[args["delegation"]]
     if d.mode not in ("ew", "ex"):
         raise InvalidArgument("coord_write needs the coordinator attached exclusive-write")
-    expected = arg(args, "expected_generation", int)
+    expected = req.expected_generation
     new = coord.decode(payload, "new coordinator content")
     async with srv.vol_locks[f"{group.name}/{vol.name}:cas"]:
         current = read_membership(srv, group, vol)
@@ -169,48 +154,42 @@ async def op_coord_write(srv: VolumeServer, sess: Session, args, payload):
         await write_membership(srv, group, vol, new)
     log.info("node %d wrote coordinator %s/%s generation %d, members %s", sess.node, group.name,
              vol.name, new.generation, sorted(new.members))
-    return {"generation": new.generation}, b""
+    return m.CoordWriteReply(generation=new.generation), b""
 
 
 # --- fencing ------------------------------------------------------------------------------------
-def _victims(args: dict) -> dict[int, int]:
-    """``victims``: [{"node": n, "incarnation": i}, ...] (or bare node ids, meaning
-    every incarnation) -> {node: highest incarnation to fence}."""
-    raw = args.get("victims")
-    if not isinstance(raw, list):
-        raise InvalidArgument("victims must be a list")
+def _victims(req: m.FenceRequest) -> dict[int, int]:
+    """{node: highest incarnation to fence}; a bare node id means every incarnation."""
     out: dict[int, int] = {}
-    for v in raw:
-        if isinstance(v, int) and not isinstance(v, bool):
+    for v in req.victims:
+        if isinstance(v, int):
             out[v] = coord.ANY_INCARNATION
-        elif isinstance(v, dict) and isinstance(v.get("node"), int) and isinstance(v.get("incarnation"), int):
-            out[v["node"]] = max(out.get(v["node"], 0), v["incarnation"])
         else:
-            raise InvalidArgument(f"bad victim {v!r}")
+            out[v.node] = max(out.get(v.node, 0), v.incarnation)
     return out
 
 
 @op("fence", role="node")
-async def op_fence(srv: VolumeServer, sess: Session, args, payload):
+async def op_fence(srv: VolumeServer, sess: Session, req: m.FenceRequest, payload):
     """Fence the given incarnations of ``victims`` in the caller's cluster. The
     coordinator must list the caller as a member; a victim that is a member again
     with a newer incarnation (it rejoined) keeps that incarnation."""
-    group, cvol = _coordinator(srv, args.get("coordinator"))
-    victims = _victims(args)
+    group, cvol = _coordinator(srv, req.coordinator)
+    victims = _victims(req)
     victims.pop(sess.node, None)
-    m = read_membership(srv, group, cvol)
-    if sess.node not in m.members:
-        raise InvalidArgument(f"node {sess.node} is not a member of cluster {m.cluster_id}; "
+    members = read_membership(srv, group, cvol)
+    if sess.node not in members.members:
+        raise InvalidArgument(f"node {sess.node} is not a member of cluster {members.cluster_id}; "
                               "only members may fence")
     for node in list(victims):
-        rec = m.record(node)
+        rec = members.record(node)
         if rec is not None and rec.is_member:
             if rec.incarnation <= victims[node]:
                 raise InvalidArgument(f"node {node} (incarnation {rec.incarnation}) is still a member "
-                                      f"(generation {m.generation}); remove it first")
+                                      f"(generation {members.generation}); remove it first")
             victims[node] = min(victims[node], rec.incarnation - 1)
     t0 = trio.current_time()
-    bits = coord.cluster_bits(m.cluster_id)
+    bits = coord.cluster_bits(members.cluster_id)
 
     def doomed(key: int) -> bool:
         node = key_node(key)
@@ -259,22 +238,17 @@ async def op_fence(srv: VolumeServer, sess: Session, args, payload):
                             "the disk (`vctl dg repair`)")
     seconds = trio.current_time() - t0
     log.warning("node %d fenced nodes %s of cluster %s: %d key(s) preempted, acknowledged by %s, "
-                "lease expired for %s, %.3fs", sess.node, names, m.cluster_id, preempted, acked,
+                "lease expired for %s, %.3fs", sess.node, names, members.cluster_id, preempted, acked,
                 expired, seconds)
-    return {"fenced": names, "preempted": preempted, "acknowledged": acked,
-            "lease_expired": expired, "seconds": round(seconds, 4)}, b""
+    return m.FenceReply(fenced=names, preempted=preempted, acknowledged=acked,
+                        lease_expired=expired, seconds=round(seconds, 4)), b""
 
 
 # --- PR admin verbs --------------------------------------------------------------------------------
-def _parse_key(value: object) -> int:
+def _parse_key(value: int | str) -> int:
     """A registration key: hex text (``0x...`` or bare) or an integer, 1 to 2**64-1."""
     try:
-        if isinstance(value, str):
-            key = int(value, 16)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            key = value
-        else:
-            raise ValueError
+        key = int(value, 16) if isinstance(value, str) else value
     except ValueError:
         raise InvalidArgument(f"bad key {value!r}: hex digits or an integer") from None
     if not 0 < key < 1 << 64:
@@ -282,45 +256,45 @@ def _parse_key(value: object) -> int:
     return key
 
 
-def _pr_disks(srv: VolumeServer, args: dict) -> list[Disk]:
-    ref = args.get("disk")
+def _pr_disks(srv: VolumeServer, ref: str | None) -> list[Disk]:
     if ref in (None, "", "all"):
         return [d for d in srv.disks.values() if d.label and d.label.dg_name]
     return [resolve_disk(srv, ref)]
 
 
-def _describe_keys(srv: VolumeServer, disk: Disk) -> dict:
-    t = disk.pr
-    res = t.reservation
-    return {"disk": disk.name, "path": disk.path, "generation": t.generation,
-            "keys": [{"key": format_key(k), "node": v["node"],
-                      "owner": "server" if k == srv.server_key else
-                      ("another server" if key_node(k) == 0 else f"node {v['node']}")}
-                     for k, v in sorted(t.registrations.items())],
-            "reservation": None if res is None else {
-                "key": format_key(res[0]), "type": res[1], "type_name": TYPE_NAMES[res[1]]},
-            "preempted": [format_key(k) for k in t.preempted]}
+def _describe_keys(srv: VolumeServer, disks: list[Disk]) -> m.DiskKeysReply:
+    out = []
+    for disk in disks:
+        t = disk.pr
+        res = t.reservation
+        out.append(m.DiskKeys(
+            disk=disk.name, path=disk.path, generation=t.generation,
+            keys=[m.KeyInfo(key=format_key(k), node=v["node"],
+                            owner="server" if k == srv.server_key else
+                            ("another server" if key_node(k) == 0 else f"node {v['node']}"))
+                  for k, v in sorted(t.registrations.items())],
+            reservation=None if res is None else m.Reservation(
+                key=format_key(res[0]), type=res[1], type_name=TYPE_NAMES[res[1]]),
+            preempted=[format_key(k) for k in t.preempted]))
+    return m.DiskKeysReply(disks=out)
 
 
 @op("pr_read_keys")
-async def op_pr_read_keys(srv: VolumeServer, sess, args, payload):
-    return {"disks": [_describe_keys(srv, d) for d in _pr_disks(srv, args)]}, b""
+async def op_pr_read_keys(srv: VolumeServer, sess: Session, req: m.PrReadKeysRequest, payload):
+    return _describe_keys(srv, _pr_disks(srv, req.disk)), b""
 
 
 @op("pr_read_reservation")
-async def op_pr_read_reservation(srv: VolumeServer, sess, args, payload):
-    return {"disks": [_describe_keys(srv, d) for d in _pr_disks(srv, args)]}, b""
+async def op_pr_read_reservation(srv: VolumeServer, sess: Session, req: m.PrReadReservationRequest,
+                                 payload):
+    return _describe_keys(srv, _pr_disks(srv, req.disk)), b""
 
 
 @op("pr_preempt")
-async def op_pr_preempt(srv: VolumeServer, sess, args, payload):
+async def op_pr_preempt(srv: VolumeServer, sess: Session, req: m.PrPreemptRequest, payload):
     """Preempt a key (``key``) or every key of a node (``node``) with the server's
     own registration, and revoke that node's delegations (PREEMPT AND ABORT)."""
-    key, node = args.get("key"), args.get("node")
-    if (key is None) == (node is None):
-        raise InvalidArgument("give exactly one of key or node")
-    if node is not None and (isinstance(node, bool) or not isinstance(node, int)):
-        raise InvalidArgument("node must be a node id")
+    key, node = req.key, req.node
     if key is not None:
         key = _parse_key(key)
         if key == srv.server_key:
@@ -328,7 +302,7 @@ async def op_pr_preempt(srv: VolumeServer, sess, args, payload):
     async with srv.fence_lock:
         hit: list[Disk] = []
         nodes = set()
-        for disk in _pr_disks(srv, args):
+        for disk in _pr_disks(srv, req.disk):
             t = disk.pr
             victims = [k for k in t.registrations if k == key or (node is not None and key_node(k) == node
                                                                    and k != srv.server_key)]
@@ -348,16 +322,14 @@ async def op_pr_preempt(srv: VolumeServer, sess, args, payload):
         await srv.persist_delegations()
     log.warning("admin preempted %s on %s", format_key(key) if key is not None else f"node {node}",
                 ", ".join(d.name for d in hit))
-    return {"disks": [_describe_keys(srv, d) for d in hit]}, b""
+    return _describe_keys(srv, hit), b""
 
 
 @op("pr_clear")
-async def op_pr_clear(srv: VolumeServer, sess, args, payload):
+async def op_pr_clear(srv: VolumeServer, sess: Session, req: m.PrClearRequest, payload):
     """CLEAR: drop every registration and the reservation, then restore the
     server's own registration and WERO reservation. Tombstones stay."""
-    if args.get("disk") in (None, "", "all"):
-        raise InvalidArgument("pr clear needs one disk")
-    disk = resolve_disk(srv, args["disk"])
+    disk = resolve_disk(srv, req.disk)
     if srv.table.by_id and any(disk.id in srv.find_volume(d.volume)[1].disk_ids()
                                for d in srv.table.by_id.values()):
         raise InUse(f"disk {disk.name} has attached volumes; detach them first")
@@ -369,19 +341,19 @@ async def op_pr_clear(srv: VolumeServer, sess, args, payload):
     t.reserve(srv.server_key, "WERO")
     await trio.to_thread.run_sync(disk.write_pr)
     log.warning("admin cleared the reservations of disk %s", disk.name)
-    return {"disks": [_describe_keys(srv, disk)]}, b""
+    return _describe_keys(srv, [disk]), b""
 
 
 @op("pr_forget")
-async def op_pr_forget(srv: VolumeServer, sess, args, payload):
+async def op_pr_forget(srv: VolumeServer, sess: Session, req: m.PrForgetRequest, payload):
     """Forget a preempted key so it may register again (after an admin checked
     the node is really gone; normally nodes rejoin with a new key instead)."""
-    key = _parse_key(arg(args, "key", object))
-    hit = [d for d in _pr_disks(srv, args) if key in d.pr.preempted]
+    key = _parse_key(req.key)
+    hit = [d for d in _pr_disks(srv, req.disk) if key in d.pr.preempted]
     if not hit:
         raise NotFound(f"key {format_key(key)} is not preempted on the given disk(s)")
     for d in hit:
         d.pr.forget_tombstone(key)
     await trio.to_thread.run_sync(write_pr_all, hit)
-    return {"disks": [_describe_keys(srv, d) for d in hit]}, b""
+    return _describe_keys(srv, hit), b""
 
