@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from fencevol import coord
+from fencevol.auth import Credential
 from fencevol.errors import (
     ChecksumError,
     Conflict,
@@ -37,9 +38,6 @@ from fencevol.protocol.messages import (
 from . import decisions
 from .decisions import EJECTED, IDLE, JOINING, LEFT, MEMBER, RACING
 from .heartbeat import Heartbeats
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("vclient.cluster")
 
@@ -87,11 +85,32 @@ class Stats:
         return entry
 
 
+class NodeServices(Protocol):
+    """What the fence driver needs from its node (vclient.node.Node provides it;
+    tests pass a fake): call the server, pause, resume or fence every volume's
+    gate, and the lease terms and credential it runs under."""
+
+    node_id: int
+    credential: Credential
+
+    @property
+    def lease(self) -> dict: ...
+
+    async def request(self, msg: Message, payload: bytes = b"",
+                      timeout: float = ...) -> tuple[Message, bytes]: ...
+
+    def pause_all(self, reason: str) -> None: ...
+
+    def resume_all(self, reason: str) -> None: ...
+
+    def fence_all(self, why: str) -> None: ...
+
+
 class FenceDriver:
-    def __init__(self, node: "Node", opts: ClusterOptions):
+    def __init__(self, node: NodeServices, opts: ClusterOptions):
         self.node = node
         self.opts = opts
-        self.me = node.opts.node_id
+        self.me = node.node_id
         self.state = IDLE
         self.generation = 0
         self.members: frozenset[int] = frozenset()
@@ -128,7 +147,7 @@ class FenceDriver:
         TCP but silent (its packets dropped) must not hold a race or a join past
         its timeout."""
         left = max(0.05, deadline - trio.current_time())
-        return await self.node.link.request(msg, payload, timeout=left)
+        return await self.node.request(msg, payload, timeout=left)
 
     async def _attach_coordinator(self, deadline: float) -> str:
         """Exclusive-write attach, retried while someone else holds it."""
@@ -156,7 +175,7 @@ class FenceDriver:
     async def _detach(self, deleg: str) -> None:
         try:
             with trio.move_on_after(5):
-                await self.node.link.request(DetachRequest(deleg))
+                await self.node.request(DetachRequest(deleg))
         except FencevolError as exc:
             log.warning("coordinator detach: %s", exc)
 
@@ -274,14 +293,15 @@ class FenceDriver:
             except FencevolError as exc:
                 log.error("membership check failed: %s", exc)
 
+    def _view(self, node: int) -> decisions.PeerView | None:
+        p = self.hb.peers.get(node)
+        if p is None:
+            return None
+        return decisions.PeerView(p.node, p.state, p.generation, p.members, p.member_incarnation)
+
     def _newer_view(self) -> tuple[int, frozenset[int]] | None:
-        """The highest generation a reachable member announces, if above ours."""
-        best = None
-        for p in self.hb.peers.values():
-            if p.node in self.hb.heard() and p.state in (MEMBER, LEFT) and p.generation > self.generation:
-                if best is None or p.generation > best[0]:
-                    best = (p.generation, p.members)
-        return best
+        return decisions.newer_view(self.generation, [self._view(n) for n in self.hb.peers],
+                                    frozenset(self.hb.heard()))
 
     async def _check(self) -> None:
         if self.unfenced:
@@ -308,15 +328,15 @@ class FenceDriver:
     async def _follow(self, view: tuple[int, frozenset[int]]) -> None:
         """A peer announces a newer membership (a join, a leave, or our racer won)."""
         gen, members = view
-        if self.me not in members:
-            self.eject(f"generation {gen} no longer lists node {self.me}")
+        leavers = frozenset(n for n, p in self.hb.peers.items() if p.state == LEFT)
+        plan = decisions.follow(self.me, self.members, view, leavers)
+        if plan.eject:
+            self.eject(plan.eject)
             return
-        removed = self.members - members
-        leavers = {n for n in removed if self.hb.peers.get(n) and self.hb.peers[n].state == LEFT}
         self.generation, self.members = gen, members
         self.stats.record("follows", generation=gen, members=sorted(members))
         log.info("node %d follows generation %d: members %s", self.me, gen, sorted(members))
-        victims = removed - leavers
+        victims = plan.victims
         if victims:
             self.node.pause_all("membership")
             async with self._busy:
@@ -351,11 +371,11 @@ class FenceDriver:
         self.state = RACING
         self.stats.races += 1
         self._announce()
-        if 2 * len(sub) < len(self.members):
+        delay = decisions.race_delay(len(sub), len(self.members), self.opts.minority_delay)
+        if delay:
             log.warning("node %d races for a minority (%d of %d members): starting %gs late so "
-                        "that a larger side wins", self.me, len(sub), len(self.members),
-                        self.opts.minority_delay)
-            await trio.sleep(self.opts.minority_delay)    # the larger side gets a head start
+                        "that a larger side wins", self.me, len(sub), len(self.members), delay)
+            await trio.sleep(delay)    # the larger side gets a head start
         deadline = trio.current_time() + self.opts.race_timeout
         try:
             deleg = await self._attach_coordinator(deadline)
@@ -402,19 +422,15 @@ class FenceDriver:
         went silent."""
         deadline = trio.current_time() + self.opts.race_timeout + self.opts.timeout
         while trio.current_time() < deadline:
-            peer = self.hb.peers.get(racer)
-            if peer is None or racer not in self.hb.reachable():
-                self.eject(f"racer node {racer} went silent")
+            verdict = decisions.await_racer(self.me, self.generation, racer,
+                                            racer in self.hb.reachable(), self._view(racer))
+            if verdict.eject:
+                self.eject(verdict.eject)
                 return
-            if peer.state == EJECTED:
-                self.eject(f"racer node {racer} lost the race")
-                return
-            if peer.state == MEMBER and peer.generation > self.generation:
-                if self.me not in peer.members:
-                    self.eject(f"racer node {racer} won without this node")
-                    return
-                removed = self.members - peer.members
-                self.generation, self.members = peer.generation, peer.members
+            if verdict.view is not None:
+                gen, members = verdict.view
+                removed = self.members - members
+                self.generation, self.members = gen, members
                 self.stats.record("follows", generation=self.generation, members=sorted(self.members),
                                   racer=racer)
                 log.warning("node %d: racer node %d won; generation %d, members %s", self.me,
@@ -435,12 +451,9 @@ class FenceDriver:
         victims = sorted(set(victims) - {self.me})
         if not victims:
             return
-        known = incarnations or {}
-        incarnations = {}
-        for v in victims:
-            peer = self.hb.peers.get(v)
-            inc = known.get(v, peer.member_incarnation if peer else -1)
-            incarnations[v] = inc if inc >= 0 else coord.ANY_INCARNATION
+        incarnations = decisions.fence_incarnations(
+            victims, incarnations or {},
+            {n: p.member_incarnation for n, p in self.hb.peers.items()})
         self.stats.fences_requested += 1
         lease = self.node.lease
         timeout = lease["duration"] + lease.get("margin", 1.0) + 10
@@ -450,7 +463,7 @@ class FenceDriver:
         try:
             while True:
                 try:
-                    r, _ = await self.node.link.request(FenceRequest(
+                    r, _ = await self.node.request(FenceRequest(
                         self.opts.coordinator, [Victim(v, incarnations[v]) for v in victims]),
                         timeout=timeout)
                     break

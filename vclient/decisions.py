@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fencevol.coord import Membership
+from fencevol.coord import ANY_INCARNATION, Membership
 from fencevol.errors import InvalidArgument
 
 # A node's cluster state, as it announces it in every heartbeat.
@@ -110,3 +110,87 @@ def participants(me: int, reachable: frozenset[int], states: dict[int, str]) -> 
 def racer_of(subcluster: frozenset[int]) -> int:
     """The lowest node id of a subcluster races for it (¶0047)."""
     return min(subcluster)
+
+
+# -- what a member does when the cluster changes (Figures 8-10), on heartbeat views ----------
+
+@dataclass(frozen=True)
+class PeerView:
+    """What a peer last announced in its heartbeat."""
+    node: int
+    state: str
+    generation: int
+    members: frozenset[int]
+    member_incarnation: int = -1      # its incarnation while it was a member; -1 unknown
+
+
+def newer_view(generation: int, peers: list[PeerView], heard: frozenset[int]
+               ) -> tuple[int, frozenset[int]] | None:
+    """The highest generation a heard member (or leaver) announces, if above
+    ``generation``: a join, a leave, or this side's racer won."""
+    best = None
+    for p in peers:
+        if p.node in heard and p.state in (MEMBER, LEFT) and p.generation > generation:
+            if best is None or p.generation > best[0]:
+                best = (p.generation, p.members)
+    return best
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Adopting a newer view: eject (``eject`` says why) or fence ``victims``."""
+    eject: str
+    victims: frozenset[int]
+
+
+def follow(me: int, members: frozenset[int], view: tuple[int, frozenset[int]],
+           leavers: frozenset[int]) -> Follow:
+    """A newer view without this node means it was removed: eject. Otherwise every
+    member it dropped is fenced, except those that said they left (Figure 7)."""
+    gen, new_members = view
+    if me not in new_members:
+        return Follow(f"generation {gen} no longer lists node {me}", frozenset())
+    return Follow("", frozenset((members - new_members) - leavers - {me}))
+
+
+@dataclass(frozen=True)
+class RacerVerdict:
+    """One look at the racer: eject (``eject`` says why), follow ``view`` (its
+    generation and members), or neither -- wait."""
+    eject: str = ""
+    view: tuple[int, frozenset[int]] | None = None
+
+
+def await_racer(me: int, generation: int, racer: int, reachable: bool,
+                peer: PeerView | None) -> RacerVerdict:
+    """Figure 10, 1055/1060, on the racer's last heartbeat: follow once it won with
+    this node; eject if it lost, fell silent, or won without this node."""
+    if peer is None or not reachable:
+        return RacerVerdict(f"racer node {racer} went silent")
+    if peer.state == EJECTED:
+        return RacerVerdict(f"racer node {racer} lost the race")
+    if peer.state == MEMBER and peer.generation > generation:
+        if me not in peer.members:
+            return RacerVerdict(f"racer node {racer} won without this node")
+        return RacerVerdict(view=(peer.generation, peer.members))
+    return RacerVerdict()
+
+
+def race_delay(subcluster: int, members: int, minority_delay: float) -> float:
+    """How long a racer waits before racing: a side holding less than half of the
+    members starts ``minority_delay`` late, so that a larger side wins when both
+    can reach the coordinator; a majority or a tie races at once."""
+    return minority_delay if 2 * subcluster < members else 0.0
+
+
+def fence_incarnations(victims: list[int], known: dict[int, int],
+                       announced: dict[int, int]) -> dict[int, int]:
+    """The incarnation of each victim to fence: what the coordinator said (the
+    racer's ``known``), else what the victim last announced as a member, else every
+    incarnation (``ANY_INCARNATION``). A victim that restarted and rejoined since
+    keeps its new incarnation -- the server spares a member's current one."""
+    out = {}
+    for v in victims:
+        inc = known.get(v, announced.get(v, -1))
+        out[v] = inc if inc >= 0 else ANY_INCARNATION
+    return out

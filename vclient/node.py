@@ -4,6 +4,7 @@ the FUSE mount and the local control channel."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import signal
@@ -27,6 +28,7 @@ from fencevol.modes import parse_mode
 from fencevol.protocol.messages import (
     AttachRequest,
     DetachRequest,
+    Message,
     ReinstatePush,
     RenewRequest,
     RevokeAckRequest,
@@ -108,6 +110,15 @@ class Node:
             return coord.registration_key(self.cluster.opts.cluster_id, self.opts.node_id,
                                           self.cluster.incarnation)
         return coord.registration_key("", self.opts.node_id, self._incarnation)
+
+    # -- what the fence driver uses (vclient.cluster.NodeServices) ---------------------------
+    @property
+    def node_id(self) -> int:
+        return self.opts.node_id
+
+    async def request(self, msg: Message, payload: bytes = b"",
+                      timeout: float = math.inf) -> tuple[Message, bytes]:
+        return await self.link.request(msg, payload, timeout)
 
     # -- lease terms (from the server's hello) -------------------------------------------------
     @property

@@ -1,4 +1,4 @@
-"""Join and race decisions over thousands of generated partition schedules.
+"""Join, race and follow decisions over thousands of generated partition schedules.
 
 A model server holds the coordinator: exclusive access serializes racers, and the
 write is a compare-and-swap on the generation the racer read, as in
@@ -10,7 +10,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fencevol import coord
-from vclient.decisions import JoinRefused, participants, plan_join, plan_leave, plan_race, racer_of
+from vclient.decisions import (
+    EJECTED as S_EJECTED,
+    LEFT as S_LEFT,
+    MEMBER as S_MEMBER,
+    JoinRefused,
+    PeerView,
+    await_racer,
+    fence_incarnations,
+    follow,
+    newer_view,
+    participants,
+    plan_join,
+    plan_leave,
+    plan_race,
+    race_delay,
+    racer_of,
+)
 
 
 class ModelCoordinator:
@@ -205,3 +221,92 @@ def test_racers_with_asymmetric_views_retry_and_at_most_one_side_survives(case):
     for r, how in outcome.items():
         if how == "won" and r in final:
             assert final <= view[r], (r, view[r], final)
+
+
+# -- the member's decisions on heartbeat views (issue 11: out of the I/O code) -------------
+node_ids = st.integers(1, 8)
+node_sets = st.frozensets(node_ids, max_size=8)
+views = st.builds(PeerView, node_ids, st.sampled_from([S_MEMBER, S_LEFT, S_EJECTED, "racing",
+                                                        "joining", "idle"]),
+                  st.integers(0, 6), node_sets, st.integers(-1, 5))
+
+
+@settings(max_examples=500, deadline=None)
+@given(gen=st.integers(0, 6), peers=st.lists(views, max_size=6), heard=node_sets)
+def test_the_newer_view_is_the_highest_generation_a_heard_member_announces(gen, peers, heard):
+    eligible = [p for p in peers if p.node in heard and p.state in (S_MEMBER, S_LEFT)
+                and p.generation > gen]
+    got = newer_view(gen, peers, heard)
+    if not eligible:
+        assert got is None
+    else:
+        top = max(p.generation for p in eligible)
+        assert got[0] == top and got in [(p.generation, p.members) for p in eligible
+                                         if p.generation == top]
+
+
+@settings(max_examples=500, deadline=None)
+@given(me=node_ids, members=node_sets, new=node_sets, leavers=node_sets, gen=st.integers(1, 9))
+def test_following_ejects_when_dropped_and_fences_exactly_the_dropped_non_leavers(
+        me, members, new, leavers, gen):
+    plan = follow(me, members, (gen, new), leavers)
+    if me not in new:
+        assert plan.eject and not plan.victims
+    else:
+        assert not plan.eject
+        assert plan.victims == (members - new) - leavers
+        assert me not in plan.victims
+
+
+@settings(max_examples=500, deadline=None)
+@given(me=node_ids, gen=st.integers(0, 6), racer=node_ids, reachable=st.booleans(),
+       peer=st.none() | views)
+def test_waiting_for_the_racer(me, gen, racer, reachable, peer):
+    v = await_racer(me, gen, racer, reachable, peer)
+    assert not (v.eject and v.view)
+    if peer is None or not reachable:
+        assert "silent" in v.eject                         # never waits on a silent racer
+    elif v.view is not None:
+        assert me in v.view[1] and v.view[0] > gen and peer.state == S_MEMBER
+    elif not v.eject:                                      # waits only while it is racing
+        assert peer.state != S_EJECTED and not (peer.state == S_MEMBER and peer.generation > gen)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(2, 7).flatmap(lambda n: st.tuples(st.just(n), partitions(n))))
+def test_after_a_partition_followers_fence_exactly_what_their_racer_removed(case):
+    """plan_race, await_racer and follow together: every follower of a winning
+    racer adopts the racer's view and fences exactly the racer's victims; a larger
+    side never starts later than a smaller one."""
+    n, subs = case
+    m = all_members(n)
+    for sub in subs:
+        racer = racer_of(sub)
+        result = plan_race(m, "c", racer, sub, now=1)
+        if not result.won or result.new is None:
+            continue
+        announced = PeerView(racer, S_MEMBER, result.new.generation, result.new.members)
+        for f in sub - {racer}:
+            v = await_racer(f, m.generation, racer, True, announced)
+            assert v.view == (result.new.generation, result.new.members)
+            assert m.members - v.view[1] == result.victims
+            assert follow(f, m.members, v.view, frozenset()).victims == result.victims
+        for other in subs:
+            if len(other) < len(sub):
+                assert race_delay(len(sub), n, 0.5) <= race_delay(len(other), n, 0.5)
+        assert (race_delay(len(sub), n, 0.5) > 0) == (2 * len(sub) < n)
+
+
+@given(victims=st.lists(node_ids, unique=True, max_size=5),
+       known=st.dictionaries(node_ids, st.integers(0, 9)),
+       announced=st.dictionaries(node_ids, st.integers(-1, 9)))
+def test_fence_incarnations_prefer_the_coordinator_then_the_announcement(victims, known, announced):
+    got = fence_incarnations(victims, known, announced)
+    assert set(got) == set(victims)
+    for v in victims:
+        if v in known:
+            assert got[v] == known[v]
+        elif announced.get(v, -1) >= 0:
+            assert got[v] == announced[v]
+        else:
+            assert got[v] == coord.ANY_INCARNATION

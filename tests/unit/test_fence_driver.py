@@ -16,9 +16,8 @@ class FakeNode:
         self.calls = 0
         self.paused: set[str] = set()
         self.credential = Credential(key=b"k" * 32, cluster_key=b"k" * 32)
-        self.opts = type("O", (), {"node_id": 1})()
+        self.node_id = 1
         self.lease = {"duration": 4.0, "margin": 1.0}
-        self.link = self
 
     async def request(self, msg, payload=b"", timeout=None):
         assert isinstance(msg, FenceRequest)
