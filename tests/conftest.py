@@ -1,13 +1,8 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
-
-from harness import Server  # noqa: E402
+from testbed.processes import Server
 
 
 @pytest.fixture
@@ -27,7 +22,7 @@ def clients(server, tmp_path):
     started = []
 
     def make(node_id, *attach, extra=(), start=True, wait=True):
-        from harness import Client
+        from testbed.processes import Client
         c = Client(server, node_id, tmp_path, *attach, extra=extra)
         started.append(c)
         if start:
@@ -44,7 +39,7 @@ def clients(server, tmp_path):
 @pytest.fixture
 def loop_devices():
     """Factory for loop devices over an image; all are detached at the end."""
-    from harness import attach_loop, detach_loop
+    from testbed.disks import attach_loop, detach_loop
     made = []
 
     def attach(image, direct_io=False):
@@ -68,7 +63,7 @@ def nothing_left_behind(tmp_path_factory):
     yield
     import subprocess
 
-    from harness import force_unmount
+    from testbed.processes import force_unmount
     leaks = []
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if " fuse.fencevol " in line]
@@ -78,10 +73,10 @@ def nothing_left_behind(tmp_path_factory):
         force_unmount(m)
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     for line in tables.splitlines():
-        if f"fencevol_{os.getpid()}_" in line:      # harness.Cluster names tables by pid
+        if f"fencevol_{os.getpid()}_" in line:      # testbed.cluster.Cluster names tables by pid
             leaks.append(line.strip())
             subprocess.run(["nft", "delete"] + line.split()[1:], capture_output=True)
-    from harness import detach_loop, loops_over
+    from testbed.disks import detach_loop, loops_over
     for dev in loops_over(base):
         leaks.append(f"loop device {dev}")
         detach_loop(dev)

@@ -26,8 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harness import Client, Server, force_unmount, mounted, vctl, vctl_json, wait_for  # noqa: E402
+from testbed.processes import Client, force_unmount, mounted, Server, vctl, vctl_json, wait_for
 
 MiB = 1 << 20
 WORKLOADS = [

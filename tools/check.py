@@ -46,17 +46,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harness import (  # noqa: E402
-    ENV,
-    VENV_BIN,
-    WriterProc,
-    alive,
-    extent_map_from_show,
-    parse_writer_log,
-    wait_for,
-)
-from verdicts import (  # noqa: E402
+from testbed.processes import ENV, VENV_BIN, alive, wait_for
+from testbed.records import extent_map_from_show, parse_writer_log, WriterProc
+from testbed.verdicts import (
     History,
     Record,
     Write,
@@ -65,10 +57,10 @@ from verdicts import (  # noqa: E402
     takeovers_intact,
     writes_without_a_lease,
 )
-from writer import BLOCK, decode  # noqa: E402
+from writer import BLOCK, decode
 
-from fencevol import directio  # noqa: E402
-from vclient import selftest  # noqa: E402
+from fencevol import directio
+from vclient import selftest
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"

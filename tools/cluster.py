@@ -33,14 +33,12 @@ import time
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harness import (  # noqa: E402
+from testbed.netfaults import free_udp_ports, Nft
+from testbed.processes import (
     ENV,
     VENV_BIN,
-    Nft,
     alive,
     force_unmount,
-    free_udp_ports,
     launch,
     mounted,
     spawn,
@@ -48,10 +46,10 @@ from harness import (  # noqa: E402
     wait_for,
     wait_line_in_file,
 )
-from hostsnet import HostsNet  # noqa: E402
+from testbed.hostsnet import HostsNet
 
-from fencevol.errors import Unavailable  # noqa: E402
-from vclient import control  # noqa: E402
+from fencevol.errors import Unavailable
+from vclient import control
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "cluster"
 HOSTS_HB_PORT = 7790          # every node namespace has its own ports
@@ -75,7 +73,7 @@ def save(d: Path, st: dict) -> None:
 
 
 class _ServerRef:
-    """Enough of harness.Server for vctl(): address and key."""
+    """Enough of testbed.processes.Server for vctl(): address and key."""
 
     def __init__(self, st: dict):
         self.address = st["server"]["address"]

@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harness import Cluster, WriterProc, wait_for  # noqa: E402
+from testbed.cluster import Cluster
+from testbed.processes import wait_for
+from testbed.records import WriterProc
 
 
 def one_run(workdir: Path, freeze: bool) -> dict:

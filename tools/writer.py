@@ -31,8 +31,7 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from fencevol.crc import crc32c  # noqa: E402
+from fencevol.crc import crc32c
 
 BLOCK = 4096
 MAGIC = b"FVREC001"

@@ -1,5 +1,6 @@
 import pytest
-from harness import extent_map_from_show, vctl, vctl_json
+from testbed.processes import vctl, vctl_json
+from testbed.records import extent_map_from_show
 
 pytestmark = pytest.mark.fuse
 

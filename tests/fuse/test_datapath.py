@@ -10,7 +10,8 @@ import time
 
 import pytest
 from conftest import LAYOUTS, extent_map
-from harness import mounted, read_backing, vctl, vctl_json, wait_for
+from testbed.processes import mounted, vctl, vctl_json, wait_for
+from testbed.records import read_backing
 
 pytestmark = pytest.mark.fuse
 

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 from conftest import LAYOUTS, extent_map
-from harness import read_backing, vctl
+from testbed.processes import vctl
+from testbed.records import read_backing
 
 pytestmark = pytest.mark.fuse
 

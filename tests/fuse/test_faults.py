@@ -9,7 +9,8 @@ import time
 
 import pytest
 from conftest import extent_map
-from harness import Server, mounted, read_backing, vctl, vctl_json, wait_for
+from testbed.processes import mounted, Server, vctl, vctl_json, wait_for
+from testbed.records import read_backing
 
 pytestmark = pytest.mark.fuse
 
@@ -50,7 +51,7 @@ def image(path) -> bytes:
 
 
 def test_server_stopped_past_lease(short_lease_server, tmp_path):
-    from harness import Client
+    from testbed.processes import Client
     srv = short_lease_server
     p = str(tmp_path / "d0.img")
     vctl(srv, "disk", "init", p, "--size", "64M")
@@ -122,7 +123,7 @@ def test_bad_attach_mounts_nothing(server, dg, clients):
 def test_lease_terms_that_leave_the_watchdog_no_time_are_refused(short_lease_server, tmp_path):
     """Guard 0.2 s + margin 0.5 s - the default slack 0.5 s leaves 0.2 s: the watchdog
     could not fire before the fence ends. The client says so and mounts nothing."""
-    from harness import Client
+    from testbed.processes import Client
     p = str(tmp_path / "d0.img")
     vctl(short_lease_server, "disk", "init", p, "--size", "64M")
     vctl(short_lease_server, "dg", "create", "dg1", p)
@@ -139,7 +140,7 @@ def test_lease_terms_that_leave_the_watchdog_no_time_are_refused(short_lease_ser
 
 
 def test_server_unreachable_at_start(tmp_path):
-    from harness import Client
+    from testbed.processes import Client
     srv = Server(tmp_path / "state")
     srv.start()
     srv.stop()                                    # keep its address, nothing listens there
@@ -149,7 +150,7 @@ def test_server_unreachable_at_start(tmp_path):
         wait_for(lambda: "unreachable" in c.log_text(), 10, "a retry message")
         assert not mounted(c.mount)
         srv.start(srv.address)
-        from harness import read_line
+        from testbed.processes import read_line
         assert "mounted" in read_line(c.proc, 30, "vclient after the server came up")
         assert c.status()["server"]["connected"]
     finally:
@@ -175,7 +176,7 @@ class VanishingDir:
             self.proc.wait(10)
 
     def close(self):
-        from harness import force_unmount
+        from testbed.processes import force_unmount
         self.vanish()
         force_unmount(self.path)
 
@@ -262,7 +263,7 @@ def test_acknowledged_writes_survive_on_the_other_plex(server, tmp_path, clients
     """A writer fsyncs every 4 records to a mirror; the disk under plex 0 dies under
     it. Writes fail from then on (a write must reach every plex), and every record
     an fsync acknowledged before is on plex 1."""
-    from harness import WriterProc
+    from testbed.records import WriterProc
     from writer import BLOCK, decode
     mirror_over_a_vanishing_disk(server, tmp_path, vanishing)
     c = clients(1, "dg1/m")
@@ -292,7 +293,7 @@ def test_server_restart_resumes_io_without_errors(server, dg, clients, tmp_path)
     """kill -9 the server while a writer runs; restart it on the same state: the
     client reconnects, reclaims its delegation in the grace period, and the writer
     never sees an error (the outage is shorter than the pause timeout)."""
-    from harness import WriterProc
+    from testbed.records import WriterProc
     c = clients(1, "dg1/cat")
     w = WriterProc(c.path("dg1/cat"), 1, "0-63", tmp_path / "writer.log", control=c.control,
                    interval=0.005, fsync_every=4)
@@ -319,7 +320,8 @@ def test_control_and_remote_io_over_tls(tmp_path):
     """Issue 10: TLS for control and remote-I/O traffic. vctl and the client trust
     the test CA; the client reaches disk1 only through the server, so data crosses
     the TLS connection; a vctl without the CA gets no answer."""
-    from harness import Client, make_ca, make_server_cert
+    from testbed.certs import make_ca, make_server_cert
+    from testbed.processes import Client
     ca = make_ca(tmp_path, "ca")
     cert, key = make_server_cert(tmp_path, "ca")
     srv = Server(tmp_path / "state", "--tls-cert", cert, "--tls-key", key)

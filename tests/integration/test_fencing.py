@@ -8,16 +8,9 @@ import subprocess
 import time
 
 import pytest
-from harness import (
-    Client,
-    Cluster,
-    WriterProc,
-    partition_resolved,
-    stall,
-    vctl,
-    vctl_json,
-    wait_for,
-)
+from testbed.cluster import Cluster, partition_resolved
+from testbed.processes import Client, stall, vctl, vctl_json, wait_for
+from testbed.records import WriterProc
 from writer import decode
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuse, pytest.mark.nft]

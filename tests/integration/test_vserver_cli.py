@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from harness import VENV_BIN, Server, vctl, vctl_json, wait_for
+from testbed.processes import VENV_BIN, Server, vctl, vctl_json, wait_for
 
 from fencevol import ondisk
 

@@ -3,7 +3,7 @@ loopback TCP, certificates made with the openssl CLI (installed by tools/setup).
 
 import pytest
 import trio
-from harness import make_ca, make_server_cert
+from testbed.certs import make_ca, make_server_cert
 from test_server_limits import serving
 
 from fencevol import auth, tls

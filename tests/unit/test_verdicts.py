@@ -1,12 +1,7 @@
 """Every verdict of tools/check, shown to fire on the history that breaks it and to
-stay quiet on the one that does not (tools/verdicts.py is pure)."""
+stay quiet on the one that does not (tools/testbed/verdicts.py is pure)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-
-from verdicts import History, Record, Write, judge  # noqa: E402
+from testbed.verdicts import History, Record, Write, judge
 
 
 def owner(slot):
