@@ -132,7 +132,7 @@ class HostsNet:
     def attach_disks(self, disks: dict[str, str], direct_io: bool = False) -> None:
         """Give every node its own loop device over each image (``disks``: name ->
         image path); recorded in ``loops``."""
-        from harness import attach_loop
+        from .disks import attach_loop
         for node in self.nodes:
             mine = self.loops.setdefault(str(node), {})
             for name, image in disks.items():
@@ -140,7 +140,7 @@ class HostsNet:
 
     def destroy(self) -> None:
         """Remove everything created (idempotent; the processes must be gone)."""
-        from harness import detach_loop
+        from .disks import detach_loop
         for devs in self.loops.values():
             for dev in devs.values():
                 detach_loop(dev)
