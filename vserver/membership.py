@@ -22,6 +22,8 @@ log = logging.getLogger("vserver.fencing")
 
 
 def read_membership(srv: VolumeServer, group: Group, vol) -> coord.Membership:
+    """One O_DIRECT 4 KiB read on the event loop (cheaper than a thread hop; the
+    compare-and-swap calls it under its lock)."""
     emap = srv.extent_map(group, vol)
     raw = volume_read(group, emap, emap.plexes[0], 0, min(vol.size, coord.BLOCK))
     return coord.decode(raw, f"coordinator {group.name}/{vol.name}")
@@ -30,6 +32,7 @@ def read_membership(srv: VolumeServer, group: Group, vol) -> coord.Membership:
 async def write_membership(srv: VolumeServer, group: Group, vol, m: coord.Membership) -> None:
     emap = srv.extent_map(group, vol)
     data = coord.encode(m)
+    # The block goes out with O_DIRECT on the loop; the fdatasync waits in a thread.
     fds = volume_write(group, emap, emap.plexes, 0, data)
     await trio.to_thread.run_sync(directio.fdatasync_all, fds)
 

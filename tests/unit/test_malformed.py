@@ -14,7 +14,8 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_delegations import TERMS, FakeSession, call, connect
+from test_delegations import FakeSession, call, connect
+from test_fuzz import fuzz_server
 from test_server_limits import serving
 
 from fencevol import coord, ondisk
@@ -23,7 +24,7 @@ from fencevol.protocol.base import _spec
 from fencevol.protocol.messages import OPERATIONS
 from fencevol.rpc import open_client
 from vserver.handlers import OPS, dispatch
-from vserver.server import Settings, VolumeServer
+from vserver.server import VolumeServer
 
 json_value = st.recursive(
     st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats(allow_nan=False)
@@ -104,24 +105,12 @@ def snapshot(srv: VolumeServer, tmp: str) -> tuple:
             sorted((g.name, g.config.generation) for g in srv.groups.values()), sorted(srv.disks))
 
 
-async def cluster_server(tmp: str) -> VolumeServer:
-    srv = VolumeServer(Settings(state_dir=os.path.join(tmp, "state"), lease=TERMS))
-    srv.open_state()
-    admin = FakeSession()
-    disk = os.path.join(tmp, "d1.img")
-    await call(srv, admin, "disk_init", path=disk, size=64 << 20)
-    await call(srv, admin, "dg_create", name="dg", disks=[disk])
-    await call(srv, admin, "vol_create", dg="dg", name="v", size=1 << 20)
-    await call(srv, admin, "coord_create", dg="dg", name="coord", cluster_id="c", nodes=[1, 2])
-    return srv
-
-
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_every_handler_refuses_malformed_fields_and_changes_nothing(data):
     async def scenario(tmp):
-        srv = await cluster_server(tmp)
+        srv = await fuzz_server(tmp)     # disk d1, group dg, volume v, coordinator
         try:
             admin, node = FakeSession(), connect(srv, 1)
             await call(srv, node, "attach", volume="dg/v")       # a real delegation exists

@@ -35,8 +35,9 @@ class WriterProc:
     def __init__(self, file, node: int, slots: str, log: Path, control: str | None = None,
                  interval: float = 0.01, fsync_every: int = 0):
         self.log = Path(log)
-        cmd = [sys.executable, str(WRITER), "--file", str(file), "--node", str(node), "--slots", slots, "--log", str(log),
-               "--interval", str(interval), "--fsync-every", str(fsync_every)]
+        cmd = [sys.executable, str(WRITER), "--file", str(file), "--node", str(node),
+               "--slots", slots, "--log", str(log), "--interval", str(interval),
+               "--fsync-every", str(fsync_every)]
         if control:
             cmd += ["--control", control]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

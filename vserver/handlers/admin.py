@@ -79,13 +79,13 @@ async def op_disk_init(srv: VolumeServer, sess: Session, req: m.DiskInitRequest,
                 raise InvalidArgument(f"disk size {format_size(size)} is too small "
                                       f"(at least {format_size(ondisk.MIN_DISK_SIZE)})")
             if not os.path.exists(path):
-                storage.create_sparse_image(path, size)
+                storage.create_sparse_image(path, size)     # open + ftruncate: no data written
                 created = True
             elif os.path.isfile(path) and os.path.getsize(path) != size:
                 raise InvalidArgument(f"{path} exists with size {format_size(os.path.getsize(path))}; "
                                       "--size only applies when creating an image")
         known = known_disk_by_path(srv, path)
-        disk = known or Disk.open(path)
+        disk = known or Disk.open(path)        # label read on the loop (see vserver.handlers)
         try:
             if not known and disk.id in srv.disks:
                 raise AlreadyExists(f"{path} holds disk {disk.id}, already known at "
@@ -160,7 +160,7 @@ async def op_dg_import(srv: VolumeServer, sess: Session, req: m.DgImportRequest,
                 disk = known_disk_by_path(srv, path)
                 if disk is None:
                     try:
-                        disk = Disk.open(path)
+                        disk = Disk.open(path)     # label read on the loop, per candidate
                     except (NotFound, InvalidArgument):
                         if paths:
                             raise

@@ -128,7 +128,7 @@ def resolve_disk(srv: VolumeServer, ref: str) -> Disk:
     known = known_disk_by_path(srv, ref)
     if known:
         return known
-    disk = Disk.open(ref)
+    disk = Disk.open(ref)        # reads the label on the loop: an admin operation, rare
     if disk.label is None:
         disk.close()
         raise InvalidArgument(f"{ref} is not initialized; run `vctl disk init {ref}`")

@@ -57,6 +57,7 @@ async def op_write(srv: VolumeServer, sess: Session, req: m.WriteRequest, payloa
         if not group.disks[ref.id].pr.may_write(d.key):
             raise ReservationConflict(f"disk {ref.name}: node {d.node}'s key "
                                       f"{format_key(d.key)} is not registered (fenced)")
+    # O_DIRECT write on the event loop, like op_read's read; only the sync goes to a thread.
     fds = volume_write(group, emap, _plexes(emap, req.plex), req.offset, payload)
     if req.sync:
         await trio.to_thread.run_sync(directio.fdatasync_all, fds)
