@@ -48,7 +48,7 @@ class Message:
         what = f"{cls.OP} {cls.KIND}" if cls.OP else cls.__name__
         if not isinstance(d, dict):
             raise InvalidArgument(f"{what}: expected an object")
-        spec = _spec(cls)
+        spec = field_spec(cls)
         if cls.KIND == "request":
             unknown = sorted(k for k in d if k not in spec)
             if unknown:
@@ -65,7 +65,7 @@ class Message:
         return msg
 
 
-def _spec(cls) -> dict[str, tuple[Any, bool]]:
+def field_spec(cls) -> dict[str, tuple[Any, bool]]:
     """{field: (annotation, required)}, resolved once per class."""
     spec = cls.__dict__.get("_wire_spec")
     if spec is None:

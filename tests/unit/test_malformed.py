@@ -20,7 +20,7 @@ from test_server_limits import serving
 
 from fencevol import coord, ondisk
 from fencevol.errors import InvalidArgument
-from fencevol.protocol.base import _spec
+from fencevol.protocol.base import field_spec
 from fencevol.protocol.messages import OPERATIONS
 from fencevol.rpc import open_client
 from vserver.handlers import OPS, dispatch
@@ -77,7 +77,7 @@ def accepts(request, name: str, value) -> bool:
 def malformed(draw, op: str, base: dict):
     """(args, what the error must mention)."""
     request = OPERATIONS[op][0]
-    spec = _spec(request)
+    spec = field_spec(request)
     kinds = ["unknown"] + (["missing"] if any(r for _, r in spec.values()) else []) \
         + (["wrong"] if spec else [])
     kind = draw(st.sampled_from(kinds))
@@ -151,7 +151,7 @@ async def test_malformed_requests_over_tcp_get_error_replies_and_the_server_live
                         continue
                     with pytest.raises(InvalidArgument, match=f"{op} request: unknown argument"):
                         await admin.call(op, {"forse": 1})
-                    if any(r for _, r in _spec(request).values()):
+                    if any(r for _, r in field_spec(request).values()):
                         with pytest.raises(InvalidArgument, match="missing argument"):
                             await admin.call(op, {})
                 result, _ = await admin.call("status")
