@@ -4,8 +4,9 @@ Layout (byte offsets)::
 
     0         label slot A     4 KiB   disk header: uuid, sizes, disk group
     4 KiB     label slot B     4 KiB
-    8 KiB     PR slot A       28 KiB   persistent-reservation table
-    36 KiB    PR slot B       28 KiB
+    8 KiB     PR slot A       28 KiB   persistent-reservation table (24 KiB used)
+    32 KiB    owner lease      4 KiB   which server manages the disk group (format 3)
+    36 KiB    PR slot B       28 KiB   (24 KiB used)
     64 KiB    config slot A  ~2 MiB    disk group configuration
     ...       config slot B  ~2 MiB
     4 MiB     public region: subdisks
@@ -36,18 +37,21 @@ from fencevol.crc import crc32c
 from fencevol.errors import ChecksumError, InvalidArgument, NotFound
 
 MAGIC = b"FENCEVOL"
-FORMAT_VERSION = 2               # 2: an area's first write fills both slots (see read_area)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3               # 2: an area's first write fills both slots (see read_area)
+                                 # 3: the owner-lease block; older servers refuse the disk
+READABLE_VERSIONS = (1, 2, 3)
 SLOT_HEADER = struct.Struct(">8sHHQII")
 PRIVATE_SIZE = 4 << 20
 
-LABEL, PR, CONFIG = 1, 2, 3
-KIND_NAMES = {LABEL: "label", PR: "reservation table", CONFIG: "configuration"}
+LABEL, PR, CONFIG, OWNER = 1, 2, 3, 4
+KIND_NAMES = {LABEL: "label", PR: "reservation table", CONFIG: "configuration", OWNER: "owner lease"}
 _AREAS = {
     LABEL: (0, 4 << 10),
     PR: (8 << 10, 28 << 10),
     CONFIG: (64 << 10, (PRIVATE_SIZE - (64 << 10)) // 2),
 }
+_USED = {PR: 24 << 10, OWNER: 4 << 10}    # a PR slot A payload ends where the owner block starts
+OWNER_OFFSET = (8 << 10) + (24 << 10)
 MIN_DISK_SIZE = PRIVATE_SIZE + (16 << 20)
 IO_UNIT = 4096                   # slot offsets and write lengths are multiples of this
 
@@ -58,7 +62,7 @@ def slot_offset(kind: int, slot: int) -> int:
 
 
 def slot_capacity(kind: int) -> int:
-    return _AREAS[kind][1] - SLOT_HEADER.size
+    return (_USED[kind] if kind in _USED else _AREAS[kind][1]) - SLOT_HEADER.size
 
 
 def encode_slot(kind: int, generation: int, payload: bytes) -> bytes:
@@ -287,3 +291,24 @@ def probe(fd: int, path: str) -> DiskProbe:
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"label does not parse: {exc!r}")
     return DiskProbe(path, label, area, problems)
+
+
+# -- the owner lease (one block, no second slot: see vserver/ownership.py) -------------------
+
+def read_owner(fd: int) -> SlotState:
+    """The owner-lease block: ``payload`` set when it holds a valid record,
+    ``problem`` when it holds a damaged one (a write torn by a crash, or another
+    server writing at this instant), neither when it was never written."""
+    buf = directio.aligned_buffer(IO_UNIT)
+    got = os.preadv(fd, [buf], OWNER_OFFSET)
+    return decode_slot(OWNER, 0, buf[:got])
+
+
+def write_owner(fd: int, counter: int, record: dict) -> None:
+    """Write the owner-lease record (``counter`` goes in the generation field) and
+    fdatasync: one 4 KiB block, in place."""
+    data = encode_slot(OWNER, counter, json.dumps(record, separators=(",", ":")).encode())
+    buf = directio.aligned_buffer(IO_UNIT)
+    buf[:len(data)] = data
+    os.pwrite(fd, buf, OWNER_OFFSET)
+    os.fdatasync(fd)

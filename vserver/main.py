@@ -17,6 +17,7 @@ from fencevol.lease import LeaseTerms
 from fencevol.rpc import parse_address
 
 from .handlers import dispatch
+from .ownership import OwnerTerms
 from .server import DEFAULT_PORT, DEFAULT_STATE_DIR, Settings, VolumeServer
 
 log = logging.getLogger("vserver")
@@ -24,7 +25,7 @@ log = logging.getLogger("vserver")
 CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds": (int, float),
                "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
                "scan": list, "log_level": str, "require_node_credentials": bool,
-               "tls_cert": str, "tls_key": str}
+               "tls_cert": str, "tls_key": str, "owner_lease_seconds": (int, float)}
 
 
 def load_config(path: str) -> dict:
@@ -69,8 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "each node its own credential: `vctl key issue`)")
     s.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
     s.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    s.add_argument("--owner-lease", type=float, metavar="SECONDS",
+                   help="disk-group ownership lease: another server may take a group over "
+                        "after this long without renewals (default 10; renewed every fifth)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def owner_terms(expiry: float) -> OwnerTerms:
+    """Renew every fifth of the lease, stop writing a fifth before it ends."""
+    return OwnerTerms(renew=expiry / 5, expiry=expiry, settle=min(1.0, expiry / 10),
+                      guard=expiry / 5)
 
 
 def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
@@ -93,6 +103,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
                                       or cfg.get("require_node_credentials", False)),
         tls_cert=args.tls_cert or cfg.get("tls_cert", ""),
         tls_key=args.tls_key or cfg.get("tls_key", ""),
+        owner=owner_terms(args.owner_lease if args.owner_lease is not None
+                          else cfg.get("owner_lease_seconds", OwnerTerms().expiry)),
     )
     return settings, args.log_level or cfg.get("log_level", "info")
 

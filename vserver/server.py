@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import trio
 
 import fencevol
-from fencevol import auth, tls, wire
+from fencevol import auth, ondisk, tls, wire
 from fencevol.protocol.handshake import ServerHandshake
 from fencevol.protocol.messages import Message, RevokePush, push_to_wire
 from fencevol.ratelimit import RateLimitedLog
@@ -36,10 +36,10 @@ from fencevol.extents import ExtentMap
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import ConnectionClosed, FramedConnection
 
-from . import limits, statefile
+from . import limits, ownership, statefile
 from .delegations import REVOKING, Delegation, DelegationTable
-from .model import Volume, extent_map_wire
-from .storage import Disk, Group, group_from_disks
+from .model import GroupConfig, Volume, extent_map_wire
+from .storage import Disk, Group, group_from_disks, write_config
 
 log = logging.getLogger("vserver")
 
@@ -79,6 +79,7 @@ class Settings:
     require_node_credentials: bool = False          # refuse node sessions on the cluster key
     tls_cert: str = ""                              # PEM; TLS on every connection when set
     tls_key: str = ""
+    owner: ownership.OwnerTerms = field(default_factory=ownership.OwnerTerms)  # disk-group lease
 
     @property
     def key_path(self) -> str:
@@ -250,11 +251,71 @@ class VolumeServer:
             await trio.to_thread.run_sync(statefile.write, self.deleg_path, records)
 
     def close(self) -> None:
+        for g in self.groups.values():
+            if g.ownership is not None:
+                ownership.release(g.fds, g.ownership)
         for d in self.disks.values():
             d.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    # -- disk-group ownership (vserver/ownership.py) -------------------------------
+    @property
+    def me(self) -> ownership.Me:
+        return ownership.Me(self.server_id, self.listen_address)
+
+    async def claim(self, group: Group) -> None:
+        """Become the group's owner (NotOwner naming the owner if a live server
+        holds it). After taking it over from another server, write the
+        configuration with a generation jump into both copies of every disk."""
+        for d in group.disks.values():
+            pr_a = d.areas[ondisk.PR].slots[0]
+            if pr_a.payload is not None and len(pr_a.payload) > ondisk.slot_capacity(ondisk.PR):
+                raise InvalidArgument(f"disk {d.name}: its reservation table is too large for "
+                                      "format 3's owner block; forget preempted keys first")
+        own = await ownership.acquire(group.fds, group.config.id, group.name, self.me,
+                                      self.settings.owner)
+        group.ownership = own
+        if own.took_over:
+            cfg = group.config
+            new = GroupConfig(id=cfg.id, name=cfg.name,
+                              generation=cfg.generation + ownership.TAKEOVER_JUMP,
+                              disks=cfg.disks, volumes=cfg.volumes)
+            await trio.to_thread.run_sync(write_config, group, new)
+            self.install_config(group, new)
+        log.info("disk group %s: owned by this server (epoch %d%s)", group.name, own.epoch,
+                 ", taken over from another server" if own.took_over else "")
+
+    async def check_owner(self, group: Group) -> None:
+        """Before a metadata write or a grant: the group must still be ours."""
+        if group.ownership is None:
+            raise ownership.NotOwner(f"disk group {group.name} is not owned by this server")
+        await ownership.confirm(group.fds, group.ownership, group.name)
+
+    async def claim_loaded_groups(self) -> None:
+        """At start: claim every group open_state loaded; a group another live
+        server manages is dropped (logged; `vctl dg import` later)."""
+        for name, group in list(self.groups.items()):
+            try:
+                await self.claim(group)
+            except FencevolError as exc:
+                log.error("disk group %s not loaded: %s", name, exc)
+                del self.groups[name]
+
+    async def _ownership_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.owner.renew)
+            for group in list(self.groups.values()):
+                own = group.ownership
+                if own is None or own.lost:
+                    continue
+                try:
+                    await ownership.renew(group.fds, own, group.name)
+                except ownership.NotOwner as exc:
+                    log.error("%s", exc)
+                except (OSError, FencevolError) as exc:
+                    log.warning("disk group %s: owner lease renewal failed: %s", group.name, exc)
 
     # -- change notification ----------------------------------------------------
     def notify(self) -> None:
@@ -337,12 +398,14 @@ class VolumeServer:
             json.dump({"pid": os.getpid(), "listen": self.listen_address,
                        "key_file": self.settings.key_path, "server_id": self.server_id}, f)
         os.replace(info + ".tmp", info)
+        await self.claim_loaded_groups()
         log.info("serving on %s (state %s, lease %.1fs + margin %.1fs)", self.listen_address,
                  self.settings.state_dir, self.terms.duration, self.terms.margin)
         print(f"vserver listening on {self.listen_address}", flush=True)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(self._ownership_loop)
                 await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
                 task_status.started(self.listen_address)
         finally:

@@ -31,6 +31,7 @@ from fencevol.errors import (
 from fencevol.units import format_size
 
 from .model import DiskRecord, GroupConfig, MetadataError, check_name
+from .ownership import NotOwner, Ownership
 from .pr import PRTable
 
 log = logging.getLogger("vserver.storage")
@@ -163,6 +164,11 @@ class Group:
     config: GroupConfig
     disks: dict[str, Disk]                        # disk id -> open disk
     missing: list[str] = field(default_factory=list)
+    ownership: Ownership | None = None            # this server's lease on the group
+
+    @property
+    def fds(self) -> list[int]:
+        return [d.fd for d in self.disks.values()]
 
     @property
     def name(self) -> str:
@@ -188,12 +194,27 @@ class Group:
 def write_config(group: Group, new: GroupConfig) -> None:
     """Write ``new`` (generation already bumped) to every disk of the group.
 
-    Each disk gets the copy in the slot not holding its newest valid one, then an
-    fdatasync; until the last disk is done the caller must not acknowledge."""
+    On each disk, both slots end up holding it: first the slot not holding the
+    newest valid copy (as read back from the disk now, not remembered), fdatasync,
+    then the other, fdatasync. A crash leaves the previous or the new copy intact
+    (S4). Before each slot, a disk holding a newer generation than ``new`` refuses
+    the write: a server that lost the group and was frozen past its ownership check
+    (vserver/ownership.py) gets here with an old generation. Frozen between that
+    read and its write, it replaces at most one slot -- one of two newest copies,
+    with a lower generation -- and its next slot is refused. Until the last disk
+    is done the caller must not acknowledge."""
     new.validate()
     payload = new.to_json()
     for rec in new.disks:
-        group.disks[rec.id].write_area(ondisk.CONFIG, payload, new.generation)
+        disk = group.disks[rec.id]
+        for _ in range(2):
+            area = ondisk.read_area(disk.fd, ondisk.CONFIG)
+            if area.generation > new.generation:
+                raise NotOwner(f"disk {disk.name} holds configuration generation {area.generation} "
+                               f"of disk group {group.name}, newer than this server's "
+                               f"{new.generation}: another server manages the group")
+            disk.areas[ondisk.CONFIG] = area
+            disk.write_area(ondisk.CONFIG, payload, new.generation)
 
 
 def create_sparse_image(path: str, size: int) -> None:

@@ -132,6 +132,7 @@ async def test_restart_grace_period(tmp_path, autojump_clock):
     await trio.sleep(30)
     srv = VolumeServer(Settings(state_dir=str(tmp_path / "state"), lease=TERMS))
     srv.open_state()
+    await srv.claim_loaded_groups()
     try:
         t_restart = trio.current_time()
         n1 = connect(srv, 1)

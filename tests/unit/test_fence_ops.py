@@ -317,6 +317,7 @@ async def test_a_damaged_newest_label_copy_keeps_the_disk_in_its_group(tmp_path,
     srv.close()
     srv = VolumeServer(Settings(state_dir=str(tmp_path / "state"), lease=srv.terms))
     srv.open_state()                                    # a restart reads the damaged label
+    await srv.claim_loaded_groups()
     try:
         assert "dg" in srv.groups and not srv.groups["dg"].missing
         disk = next(iter(srv.disks.values()))

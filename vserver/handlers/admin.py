@@ -128,6 +128,7 @@ async def op_dg_create(srv: VolumeServer, sess: Session, req: m.DgCreateRequest,
                 srv.disks.pop(extra).close()
             raise
         group = Group(cfg, {d.id: d for d in disks})
+        await srv.claim(group)              # two servers creating a group on one disk
         await trio.to_thread.run_sync(storage.join_disks, group, cfg)
         await trio.to_thread.run_sync(srv.ensure_reservations, group)
         srv.groups[name] = group
@@ -183,6 +184,7 @@ async def op_dg_import(srv: VolumeServer, sess: Session, req: m.DgImportRequest,
             group = storage.group_from_disks(name, list(found.values()))
             if group.missing:
                 raise NotFound(f"disk group {name} is incomplete: missing {', '.join(group.missing)}")
+            await srv.claim(group)          # refused while another server manages it
         except BaseException:
             for d in opened:
                 d.close()
@@ -212,6 +214,7 @@ async def op_dg_repair(srv: VolumeServer, sess: Session, req: m.DgRepairRequest,
             raise NotFound(f"no disk group {name}")
         if group.missing:
             raise InvalidArgument(f"disk group {name} is missing disks; cannot repair")
+        await srv.check_owner(group)
         cfg = next_config(group.config, group.config.volumes)
         repaired = await trio.to_thread.run_sync(_repair_group, group, cfg)
         srv.install_config(group, cfg)

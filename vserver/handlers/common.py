@@ -156,6 +156,7 @@ def next_config(cfg: GroupConfig, volumes: list[Volume]) -> GroupConfig:
 
 async def commit_config(srv: VolumeServer, group: Group, cfg: GroupConfig) -> None:
     cfg.validate()
+    await srv.check_owner(group)        # a stale or foreign owner writes nothing
     await trio.to_thread.run_sync(storage.write_config, group, cfg)
     srv.install_config(group, cfg)
 

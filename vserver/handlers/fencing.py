@@ -76,6 +76,7 @@ async def op_coord_create(srv: VolumeServer, sess: Session, req: m.CoordCreateRe
     initial = coord.initial(cluster_id, nodes)            # validates before anything is written
     async with srv.config_lock:
         group = writable_group(srv, dg)
+        await srv.check_owner(group)    # before the coordinator's content is written
         for v in group.config.volumes:
             if v.kind == "coordinator" and v.cluster_id == cluster_id:
                 raise InvalidArgument(f"cluster {cluster_id} already has coordinator {dg}/{v.name}")

@@ -125,6 +125,7 @@ async def op_attach(srv: VolumeServer, sess: Session, req: m.AttachRequest, payl
     ``wait`` seconds); conflicts with holders that may still be valid but are not
     live (being revoked, disconnected, restored after a restart) are waited out."""
     group, vol = srv.find_volume(req.volume)
+    await srv.check_owner(group)        # a server that lost the group grants nothing in it
     key = f"{group.name}/{vol.name}"
     mode = modes.parse_mode(req.mode)
     if not 0 <= req.wait <= MAX_ATTACH_WAIT:

@@ -1,0 +1,117 @@
+"""Disk-group ownership (vserver/ownership.py): the judgement of what was read, and
+two in-process servers on the same disk image under trio's MockClock -- including
+the case the lease alone cannot exclude, an old owner's configuration write that
+lands after the takeover (frozen between its check and its write)."""
+
+import pytest
+import trio
+from test_delegations import TERMS, FakeSession, call, connect, make_server
+
+from vserver import ownership, storage
+from vserver.handlers import dispatch
+from vserver.handlers.common import next_config
+from vserver.ownership import DAMAGED, FREE, HELD, MINE, NotOwner, OwnerRecord, judge
+from vserver.server import Settings, VolumeServer
+
+
+def rec(owner, epoch=1, counter=1, group="g"):
+    return OwnerRecord(group, owner, "127.0.0.1:1", "h", 1, epoch, counter)
+
+
+def test_judging_the_owner_blocks():
+    assert judge([None, None], "g", "me")[0] == FREE
+    assert judge([rec(""), rec("")], "g", "me")[0] == FREE                  # released
+    assert judge([rec("me"), rec("")], "g", "me")[0] == MINE                # a half-done release
+    assert judge([rec("other"), None], "g", "me") == (HELD, rec("other"))
+    assert judge([rec("me"), DAMAGED], "g", "me")[0] == HELD                # someone writing
+    assert judge([rec("me", 1), rec("other", 2)], "g", "me") == (HELD, rec("other", 2))
+    assert judge([rec("other", group="older-group")], "g", "me")[0] == FREE  # a reused disk
+
+
+def test_owner_terms_are_checked():
+    with pytest.raises(Exception, match="owner lease"):
+        ownership.OwnerTerms(renew=3, expiry=5, guard=1)
+
+
+async def second_server(tmp_path) -> VolumeServer:
+    srv = VolumeServer(Settings(state_dir=str(tmp_path / "b"), lease=TERMS))
+    srv.open_state()
+    return srv
+
+
+async def test_a_live_owner_keeps_others_off_and_a_frozen_one_is_taken_over(tmp_path, autojump_clock):
+    a = await make_server(tmp_path)                 # created dg: owns it
+    b = await second_server(tmp_path)
+    img = str(tmp_path / "d1.img")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a._ownership_loop)          # A renews
+            t0 = trio.current_time()
+            with pytest.raises(NotOwner, match="managed by server"):
+                await call(b, FakeSession(), "dg_import", name="dg", paths=[img])
+            assert trio.current_time() - t0 <= 2 * a.settings.owner.renew    # seen renewing: refused
+            nursery.cancel_scope.cancel()                  # A freezes: no more renewals
+        a_group = a.groups["dg"]
+        a_cfg = a_group.config
+
+        t0 = trio.current_time()
+        await call(b, FakeSession(), "dg_import", name="dg", paths=[img])
+        assert trio.current_time() - t0 >= b.settings.owner.expiry         # waited it out
+        g = b.groups["dg"]
+        assert g.config.generation >= a_cfg.generation + ownership.TAKEOVER_JUMP
+        await call(b, FakeSession(), "vol_create", dg="dg", name="w", size=1 << 20)
+        newest = b.groups["dg"].config
+
+        # A's configuration write that passed its ownership check just before it
+        # froze runs now: the disk holds a newer generation, and it is refused.
+        stale = next_config(a_cfg, [])              # it would drop every volume
+        with pytest.raises(NotOwner, match="another server manages the group"):
+            storage.write_config(a_group, stale)
+        # Worse: frozen after that check too, one slot write lands (the slot A's
+        # memory says is free).
+        a_disk = next(iter(a_group.disks.values()))
+        a_disk.write_area(storage.ondisk.CONFIG, stale.to_json(), stale.generation)
+        disk = storage.Disk.open(img)
+        try:
+            survivor = storage.group_from_disks("dg", [disk]).config
+        finally:
+            disk.close()
+        assert survivor.generation == newest.generation            # B's copy still wins
+        assert sorted(v.name for v in survivor.volumes) == ["v", "w"]
+
+        # A, awake, is refused: for metadata and for grants.
+        with pytest.raises(NotOwner, match="took it over"):
+            await call(a, FakeSession(), "vol_create", dg="dg", name="x", size=1 << 20)
+        with pytest.raises(NotOwner):
+            await call(a, connect(a, 1), "attach", volume="dg/v")
+    finally:
+        b.close()
+        a.close()
+
+
+async def test_a_released_group_is_claimed_at_once_and_a_restart_keeps_its_own(tmp_path, autojump_clock):
+    a = await make_server(tmp_path)
+    img = str(tmp_path / "d1.img")
+    a.close()                                       # clean stop: releases the group
+    b = await second_server(tmp_path)
+    try:
+        t0 = trio.current_time()
+        await call(b, FakeSession(), "dg_import", name="dg", paths=[img])
+        assert trio.current_time() - t0 < b.settings.owner.expiry
+        assert not b.groups["dg"].ownership.took_over
+        epoch = b.groups["dg"].ownership.epoch
+    finally:
+        b.close()
+    # The same state directory restarted (its lock excludes a second process) after a
+    # crash -- no release -- claims its own record without waiting.
+    b = await second_server(tmp_path)
+    try:
+        b.groups["dg"].ownership = None
+        t0 = trio.current_time()
+        await b.claim_loaded_groups()
+        assert b.groups["dg"].ownership.epoch == epoch + 1
+        assert trio.current_time() - t0 < b.settings.owner.expiry
+        result, _ = await dispatch(b, FakeSession(), {"op": "vol_list", "args": {}}, b"")
+        assert [v["volume"] for v in result["volumes"]] == ["v"]
+    finally:
+        b.close()
