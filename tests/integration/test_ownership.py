@@ -58,6 +58,8 @@ def test_a_second_server_is_kept_off_until_the_owner_is_gone_and_a_woken_owner_i
         assert cp.returncode != 0 and "took it over" in cp.stderr, cp.stderr
         assert b.address in cp.stderr, cp.stderr
         assert sorted(v["volume"] for v in vctl_json(b, "vol", "list")) == ["v1", "v2"]
+        (group,) = vctl_json(a, "dg", "list")            # A says so in its status
+        assert group["state"] == "degraded" and "took it over" in " ".join(group["problems"])
 
         # 4. B stops cleanly (releases the group): a third server imports it at once
         #    and sees B's configuration, not anything of A's.

@@ -52,6 +52,8 @@ def all_disk_infos(srv: VolumeServer) -> list[DiskInfo]:
 def group_info(srv: VolumeServer, g: Group) -> GroupInfo:
     fm = allocator.free_map(g.config)
     probs = g.problems()
+    if g.ownership is not None and g.ownership.lost:
+        probs.append(f"owner lease: {g.ownership.lost}")
     return GroupInfo(name=g.name, id=g.config.id, generation=g.config.generation,
                      disks=[r.name for r in g.config.disks],
                      size=sum(r.size - r.public_offset for r in g.config.disks),
