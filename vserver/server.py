@@ -205,8 +205,7 @@ class VolumeServer:
                 continue
             for p in group.problems():
                 log.error("disk group %s: %s", name, p)
-            self.groups[name] = group
-            self.ensure_reservations(group)
+            self.groups[name] = group         # claimed (and reservations ensured) by serve()
         now = trio.current_time()
         self.table.restore(statefile.read(self.deleg_path, default=[]) or [], now)
         if self.table.by_id:
@@ -293,12 +292,20 @@ class VolumeServer:
             raise ownership.NotOwner(f"disk group {group.name} is not owned by this server")
         await ownership.confirm(group.fds, group.ownership, group.name)
 
+    async def check_disk_owner(self, disk: Disk) -> None:
+        """Before writing ``disk``'s reservation table: its group must be ours."""
+        group = self.groups.get(disk.label.dg_name) if disk.label else None
+        if group is None or group.disks.get(disk.id) is not disk:
+            raise ownership.NotOwner(f"disk {disk.name} is in no disk group this server manages")
+        await self.check_owner(group)
+
     async def claim_loaded_groups(self) -> None:
         """At start: claim every group open_state loaded; a group another live
         server manages is dropped (logged; `vctl dg import` later)."""
         for name, group in list(self.groups.items()):
             try:
                 await self.claim(group)
+                await trio.to_thread.run_sync(self.ensure_reservations, group)
             except FencevolError as exc:
                 log.error("disk group %s not loaded: %s", name, exc)
                 del self.groups[name]

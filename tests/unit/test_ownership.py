@@ -84,6 +84,9 @@ async def test_a_live_owner_keeps_others_off_and_a_frozen_one_is_taken_over(tmp_
             await call(a, FakeSession(), "vol_create", dg="dg", name="x", size=1 << 20)
         with pytest.raises(NotOwner):
             await call(a, connect(a, 1), "attach", volume="dg/v")
+        for op, args in (("pr_clear", {"disk": "d1"}), ("pr_preempt", {"node": 1})):
+            with pytest.raises(NotOwner):                  # nor its reservation tables
+                await call(a, FakeSession(), op, **args)
     finally:
         b.close()
         a.close()

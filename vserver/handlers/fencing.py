@@ -38,6 +38,7 @@ from ..delegations import REVOKED
 from ..membership import read_membership, write_membership
 from ..model import extent_map_wire
 from ..pr import TYPE_NAMES
+from ..ownership import NotOwner
 from ..registry import op
 from ..storage import Disk, volume_write, write_pr_all
 from .common import commit_config, io_target, next_config, resolve_disk, volume_info, writable_group
@@ -205,6 +206,7 @@ async def op_fence(srv: VolumeServer, sess: Session, req: m.FenceRequest, payloa
         #    say) included: this server stops honouring the keys at once (memory),
         #    and each changed table is persisted on its own disk.
         changed: list[Disk] = []
+        unowned: list[tuple[Disk, str]] = []      # hit, but not ours to persist
         preempted = 0
         for disk in srv.disks.values():
             if not disk.label or not disk.label.dg_name:
@@ -217,9 +219,14 @@ async def op_fence(srv: VolumeServer, sess: Session, req: m.FenceRequest, payloa
                 t.preempt(srv.server_key, key)
                 preempted += 1
                 hit = True
-            if hit:
+            if not hit:
+                continue
+            try:
+                await srv.check_disk_owner(disk)
                 changed.append(disk)
-        failed = await trio.to_thread.run_sync(_persist_each, changed)
+            except NotOwner as exc:       # honoured no more here, but another server's to write
+                unowned.append((disk, str(exc)))
+        failed = await trio.to_thread.run_sync(_persist_each, changed) + unowned
         # 2. Abort: revoke the delegations granted to those keys; wait for acks or
         #    lease + margin.
         delegs = [d for d in srv.table.by_id.values() if d.node in victims and (not d.key or doomed(d.key))]
@@ -305,6 +312,7 @@ async def op_pr_preempt(srv: VolumeServer, sess: Session, req: m.PrPreemptReques
         hit: list[Disk] = []
         nodes = set()
         for disk in _pr_disks(srv, req.disk):
+            await srv.check_disk_owner(disk)
             t = disk.pr
             victims = [k for k in t.registrations if k == key or (node is not None and key_node(k) == node
                                                                    and k != srv.server_key)]
@@ -332,6 +340,7 @@ async def op_pr_clear(srv: VolumeServer, sess: Session, req: m.PrClearRequest, p
     """CLEAR: drop every registration and the reservation, then restore the
     server's own registration and WERO reservation. Tombstones stay."""
     disk = resolve_disk(srv, req.disk)
+    await srv.check_disk_owner(disk)
     if srv.table.by_id and any(disk.id in srv.find_volume(d.volume)[1].disk_ids()
                                for d in srv.table.by_id.values()):
         raise InUse(f"disk {disk.name} has attached volumes; detach them first")
@@ -354,6 +363,8 @@ async def op_pr_forget(srv: VolumeServer, sess: Session, req: m.PrForgetRequest,
     hit = [d for d in _pr_disks(srv, req.disk) if key in d.pr.preempted]
     if not hit:
         raise NotFound(f"key {format_key(key)} is not preempted on the given disk(s)")
+    for d in hit:
+        await srv.check_disk_owner(d)
     for d in hit:
         d.pr.forget_tombstone(key)
     await trio.to_thread.run_sync(write_pr_all, hit)

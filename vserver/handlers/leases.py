@@ -31,6 +31,7 @@ from fencevol.protocol import messages as m
 from ..delegations import REVOKED, REVOKING, Delegation
 from ..membership import check_registration_key
 from ..model import Volume
+from ..ownership import NotOwner
 from ..registry import op
 from ..storage import Disk, Group, write_pr_all
 
@@ -65,6 +66,11 @@ async def release_keys(srv: VolumeServer, disks: list[Disk], keys: set[int]) -> 
     keys = keys - keys_in_use(srv)
     changed = []
     for disk in disks:
+        try:
+            await srv.check_disk_owner(disk)
+        except NotOwner as exc:
+            log.warning("keys stay registered on disk %s: %s", disk.name, exc)
+            continue
         stale = [k for k in keys if k in disk.pr.registrations]
         for k in stale:
             disk.pr.unregister(k)
@@ -93,6 +99,7 @@ async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, n
     todo = [group.disks[i] for i in sorted(vol.disk_ids()) if key not in group.disks[i].pr.registrations]
     if not todo:
         return []
+    await srv.check_owner(group)
     now = time.time()
     in_use = keys_in_use(srv)
     for disk in todo:
