@@ -23,7 +23,9 @@ end the checker reads every plex straight from the images and judges
       itself or was killed by its watchdog;
   (d) no daemon crashed (watchdog kills of stalled nodes are counted, not
       crashes), no traceback in the logs, every mount answers;
-  (e) every slot holds the same record on every plex of the mirror.
+  (e) every slot holds the same record on every plex of the mirror;
+  (f) no extent is allocated twice across the volumes of the group (nor in a
+      disk's private region).
 
 A row per trial, a summary, exit status 1 on any violation. A failing trial keeps
 its directory (logs, cluster.json, images) and prints the command replaying it.
@@ -52,6 +54,7 @@ from testbed.verdicts import (
     History,
     Record,
     Write,
+    extents_allocated_once,
     judge,
     summarize,
     takeovers_intact,
@@ -59,7 +62,7 @@ from testbed.verdicts import (
 )
 from writer import BLOCK, decode
 
-from fencevol import directio
+from fencevol import directio, ondisk
 from vclient import selftest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -433,6 +436,15 @@ class Trial:
                 os.close(fd)
         self.notes.append(f"self-test: zeroed slot {slot} on plex 0")
 
+    def group_extents(self) -> dict[str, list[tuple[str, int, int]]]:
+        """Every volume of the group, as the server describes it: its subdisks."""
+        out = {}
+        for v in self.vctl_json("vol", "list"):
+            show = self.vctl_json("vol", "show", v["name"])
+            out[v["name"]] = [(sd["disk_id"], sd["disk_offset"], sd["length"])
+                              for p in show["plexes"] for c in p["columns"] for sd in c["subdisks"]]
+        return out
+
     def read_plexes(self) -> list[dict[int, Record | None]]:
         """Every slot of dg/data, per plex, read from the images with direct I/O."""
         emap = extent_map_from_show(self.vctl_json("vol", "show", "dg/data"))
@@ -496,6 +508,7 @@ class Trial:
         self.writes = sum(1 for w in writes if not w.takeover)
         self.acked = sum(1 for w in writes if w.acked is not None)
         self.violations += judge(self.history(), writes, self.read_plexes(), self.owner)
+        self.violations += extents_allocated_once(self.group_extents(), ondisk.PRIVATE_SIZE)
         if self.server_cuts:
             lease = self.vctl_json("status")["server"]["lease"]["duration"]
             self.violations += writes_without_a_lease(writes, self.server_cuts, lease)

@@ -1,7 +1,7 @@
 """Every verdict of tools/check, shown to fire on the history that breaks it and to
 stay quiet on the one that does not (tools/testbed/verdicts.py is pure)."""
 
-from testbed.verdicts import History, Record, Write, judge
+from testbed.verdicts import History, Record, Write, extents_allocated_once, judge
 
 
 def owner(slot):
@@ -64,3 +64,19 @@ def test_history_fenced_before_respects_rejoins_and_incarnations():
     assert h.fenced_before(1, 15.0) == 10.0
     assert h.fenced_before(1, 25.0) is None        # writing as incarnation 2 now
     assert h.fenced_before(2, 15.0) is None
+
+
+def test_an_extent_allocated_twice():
+    """(f): what two servers managing one group produced (issue 12): the same
+    extent in two volumes; and one inside the private region."""
+    mib = 1 << 20
+    clean = {"dg/a": [("d1", 4 * mib, 16 * mib)], "dg/b": [("d1", 20 * mib, 16 * mib),
+                                                           ("d2", 4 * mib, mib)]}
+    assert extents_allocated_once(clean, 4 * mib) == []
+    twice = clean | {"dg/c": [("d1", 4 * mib, 8 * mib)]}
+    (v,) = extents_allocated_once(twice, 4 * mib)
+    assert v.startswith("(f)") and "dg/a" in v and "dg/c" in v
+    spanning = {"dg/a": [("d1", 4 * mib, 64 * mib)], "dg/b": [("d1", 8 * mib, mib)],
+                "dg/c": [("d1", 30 * mib, mib)]}
+    assert len(extents_allocated_once(spanning, 4 * mib)) == 2      # both, not just a neighbour
+    assert "private region" in extents_allocated_once({"dg/a": [("d1", 0, mib)]}, 4 * mib)[0]

@@ -16,7 +16,9 @@ Verdicts:
     before a takeover of that slot was acknowledged is on disk (it landed on top
     of the survivor's data: an admitted write that stalled past the fence);
 (b) every acknowledged write is on every plex, or a write issued later replaced it;
-(e) every slot holds the same record on every plex (a mirror that diverged).
+(e) every slot holds the same record on every plex (a mirror that diverged);
+(f) no extent of a disk is allocated twice across the volumes of a group, nor
+    inside a disk's private region (two servers managing one group would do it).
 
 Ownership moves in phases -- the owner writes, is fenced, a survivor takes the
 slots over and fsyncs, then the owner rejoins and writes again -- so for one slot
@@ -145,6 +147,26 @@ def writes_without_a_lease(writes: list[Write], cuts: list[tuple[int, float, flo
             if w.node == node and w.ok and not w.takeover and t_cut + lease <= w.done <= t_heal:
                 out.append(f"(a) node {w.node}'s write seq {w.seq} completed {w.done - t_cut:.3f}s "
                            f"after it lost the server: its lease ({lease:g}s) had run out")
+    return out
+
+
+def extents_allocated_once(volumes: dict[str, list[tuple[str, int, int]]],
+                           private_size: int) -> list[str]:
+    """``volumes``: volume -> its subdisks as (disk id, disk offset, length)."""
+    out = []
+    spans = sorted((disk, off, off + length, vol) for vol, sds in volumes.items()
+                   for disk, off, length in sds)
+    for disk, start, end, vol in spans:
+        if start < private_size:
+            out.append(f"(f) {vol}: subdisk at {start} on disk {disk[:8]} lies in the private region")
+    reach: dict[str, tuple[int, str]] = {}          # disk -> (furthest end so far, its volume)
+    for disk, start, end, vol in spans:
+        far, owner = reach.get(disk, (0, ""))
+        if start < far:
+            out.append(f"(f) disk {disk[:8]} bytes {start}-{min(far, end)} belong to both "
+                       f"{owner} and {vol}")
+        if end > far:
+            reach[disk] = (end, vol)
     return out
 
 
