@@ -80,7 +80,7 @@ def nothing_left_behind(tmp_path_factory):
     for dev in loops_over(base):
         leaks.append(f"loop device {dev}")
         detach_loop(dev)
-    procs = subprocess.run(["pgrep", "-f", "-a", "vclient run|vserver serve|tools/writer.py"],
+    procs = subprocess.run(["pgrep", "-f", "-a", "vclient run|vserver serve|tools/writer.py|etcd --name"],
                            capture_output=True, text=True).stdout.splitlines()
     procs = [p for p in procs if base in p]
     for p in procs:
