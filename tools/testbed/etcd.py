@@ -22,22 +22,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .netfaults import free_ports
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-
-
-def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports that were free a moment ago (the kernel picks; small race accepted)."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 @dataclass
@@ -64,7 +51,7 @@ class EtcdCluster:
     def create(cls, workdir: Path, n: int) -> "EtcdCluster":
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        ports = free_tcp_ports(2 * n)
+        ports = free_ports(2 * n, socket.SOCK_STREAM)
         members = [Member(f"m{i + 1}", f"http://127.0.0.1:{ports[2 * i]}",
                           f"http://127.0.0.1:{ports[2 * i + 1]}",
                           str(workdir / f"m{i + 1}.etcd"), str(workdir / f"m{i + 1}.log"))

@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 
-def free_udp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports that were free a moment ago (the kernel picks; small race accepted)."""
-    import socket
+def free_ports(n: int, kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> list[int]:
+    """Ports (UDP by default, ``socket.SOCK_STREAM`` for TCP) that were free a moment
+    ago (the kernel picks; small race accepted)."""
     socks, ports = [], []
     try:
         for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(socket.AF_INET, kind)
             s.bind((host, 0))
             socks.append(s)
             ports.append(s.getsockname()[1])
@@ -20,6 +21,10 @@ def free_udp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
         for s in socks:
             s.close()
     return ports
+
+
+def free_udp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    return free_ports(n, socket.SOCK_DGRAM, host)
 
 
 class Nft:
