@@ -29,9 +29,10 @@ What the lease alone cannot exclude, and what narrows it (docs/OPERATIONS.md): a
 server frozen *between* a successful confirm and the write it guards, for longer
 than ``expiry``, lands one stale write after the new owner took over. So the new
 owner's first configuration jumps the generation by ``TAKEOVER_JUMP``, and every
-configuration write fills both slots of each disk (vserver.storage.write_config):
-the late write replaces at most one of two newest copies, with a far lower
-generation, and readers keep the newest.
+configuration write re-reads each disk and refuses a newer generation, then fills
+both slots (vserver.storage.write_config): frozen past that read too, the late
+write replaces at most one of two newest copies, with a far lower generation, and
+readers keep the newest.
 
 The decisions are plain functions of what was read (``judge``); the waiting is in
 ``acquire``, on the trio clock passed in by the caller's run."""
