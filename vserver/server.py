@@ -4,6 +4,7 @@ and persistence. It runs each request through the ``dispatch`` it is given
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -38,7 +39,7 @@ from fencevol.rpc import ConnectionClosed, FramedConnection
 
 from . import limits, ownership, statefile
 from .delegations import REVOKING, Delegation, DelegationTable
-from .model import GroupConfig, Volume, extent_map_wire
+from .model import Volume, extent_map_wire
 from .storage import Disk, Group, group_from_disks, write_config
 
 log = logging.getLogger("vserver")
@@ -278,9 +279,7 @@ class VolumeServer:
         group.ownership = own
         if own.took_over:
             cfg = group.config
-            new = GroupConfig(id=cfg.id, name=cfg.name,
-                              generation=cfg.generation + ownership.TAKEOVER_JUMP,
-                              disks=cfg.disks, volumes=cfg.volumes)
+            new = dataclasses.replace(cfg, generation=cfg.generation + ownership.TAKEOVER_JUMP)
             await trio.to_thread.run_sync(write_config, group, new)
             self.install_config(group, new)
         log.info("disk group %s: owned by this server (epoch %d%s)", group.name, own.epoch,
@@ -291,6 +290,20 @@ class VolumeServer:
         if group.ownership is None:
             raise ownership.NotOwner(f"disk group {group.name} is not owned by this server")
         await ownership.confirm(group.fds, group.ownership, group.name)
+        self._check_config_not_newer(group)
+
+    def _check_config_not_newer(self, group: Group) -> None:
+        """A newer configuration on a disk than this server's means another server
+        managed the group since -- even if our own record is back on the disks (a
+        renewal of ours, frozen before its write, landed after a takeover): we lost
+        it. One small O_DIRECT read per slot, on the loop."""
+        for d in group.disks.values():
+            gen = ondisk.read_area(d.fd, ondisk.CONFIG).generation
+            if gen > group.config.generation:
+                group.ownership.lost = (f"disk {d.name} holds configuration generation {gen}, "
+                                        f"newer than this server's {group.config.generation}: "
+                                        "another server managed the group since")
+                raise ownership.NotOwner(f"disk group {group.name}: {group.ownership.lost}")
 
     async def check_disk_owner(self, disk: Disk) -> None:
         """Before writing ``disk``'s reservation table: its group must be ours."""
@@ -319,6 +332,7 @@ class VolumeServer:
                     continue
                 try:
                     await ownership.renew(group.fds, own, group.name)
+                    self._check_config_not_newer(group)
                 except ownership.NotOwner as exc:
                     log.error("%s", exc)
                 except (OSError, FencevolError) as exc:

@@ -87,6 +87,13 @@ async def test_a_live_owner_keeps_others_off_and_a_frozen_one_is_taken_over(tmp_
         for op, args in (("pr_clear", {"disk": "d1"}), ("pr_preempt", {"node": 1})):
             with pytest.raises(NotOwner):                  # nor its reservation tables
                 await call(a, FakeSession(), op, **args)
+
+        # A renewal of A's, frozen before its write, lands after the takeover: A's
+        # record is back on the disk, but the newer configuration still says A lost.
+        a_group.ownership.lost = ""
+        ownership.write_all(a_group.fds, a_group.ownership.record())
+        with pytest.raises(NotOwner, match="another server managed the group since"):
+            await call(a, connect(a, 1), "attach", volume="dg/v")
     finally:
         b.close()
         a.close()
