@@ -207,6 +207,7 @@ async def op_fence(srv: VolumeServer, sess: Session, req: m.FenceRequest, payloa
         #    and each changed table is persisted on its own disk.
         changed: list[Disk] = []
         unowned: list[tuple[Disk, str]] = []      # hit, but not ours to persist
+        refused: dict[tuple, str] = {}              # (group, disk in it) -> why not ours ("": ours)
         preempted = 0
         for disk in srv.disks.values():
             if not disk.label or not disk.label.dg_name:
@@ -221,11 +222,18 @@ async def op_fence(srv: VolumeServer, sess: Session, req: m.FenceRequest, payloa
                 hit = True
             if not hit:
                 continue
-            try:
-                await srv.check_disk_owner(disk)
+            g = srv.groups.get(disk.label.dg_name)
+            group = (disk.label.dg_name, g is not None and g.disks.get(disk.id) is disk)
+            if group not in refused:      # once per group: a confirm reads all its disks
+                try:
+                    await srv.check_disk_owner(disk)
+                    refused[group] = ""
+                except NotOwner as exc:   # honoured no more here, but another server's to write
+                    refused[group] = str(exc)
+            if refused[group]:
+                unowned.append((disk, refused[group]))
+            else:
                 changed.append(disk)
-            except NotOwner as exc:       # honoured no more here, but another server's to write
-                unowned.append((disk, str(exc)))
         failed = await trio.to_thread.run_sync(_persist_each, changed) + unowned
         # 2. Abort: revoke the delegations granted to those keys; wait for acks or
         #    lease + margin.
