@@ -104,6 +104,12 @@ class Unavailable(FencevolError):
     exit_code = 4
 
 
+class NotLeader(Unavailable):
+    """An HA server that is not (or not certainly) the leader: ask another one."""
+
+    code = "not_leader"
+
+
 class Fenced(FencevolError):
     """The node was ejected or its registration preempted; writes are refused."""
 

@@ -96,6 +96,20 @@ def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]
     return host or "127.0.0.1", p
 
 
+def parse_servers(values: str | list[str], default_port: int) -> list[tuple[str, int]]:
+    """One or several ``--server`` values, each ``HOST:PORT[,HOST:PORT...]``: the
+    servers of an HA control plane, in the order to try them. Duplicates refused."""
+    from .errors import InvalidArgument
+    items = [values] if isinstance(values, str) else list(values)
+    out = [parse_address(part, default_port) for v in items for part in str(v).split(",")
+           if part.strip()]
+    if not out:
+        raise InvalidArgument("no server address given")
+    if len(set(out)) != len(out):
+        raise InvalidArgument("a server address is given twice")
+    return out
+
+
 class RpcClient:
     """Pipelined requests over one authenticated connection.
 

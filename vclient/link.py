@@ -1,5 +1,9 @@
 """The node's connection to the volume server: connect with backoff, reconnect,
-and pipelined calls. While disconnected every call raises ``Unavailable``."""
+and pipelined calls. While disconnected every call raises ``Unavailable``.
+
+Given several servers (an HA control plane, vserver.leader), it connects to the
+first that answers -- standbys do not listen -- and, when that connection ends or
+stops answering, goes on to the next one."""
 
 from __future__ import annotations
 
@@ -19,13 +23,18 @@ log = logging.getLogger("vclient.link")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 STABLE = 2.0      # a connection that lasted less than this is retried with backoff
+CONNECT_TIMEOUT = 5.0
+HA_CONNECT_TIMEOUT = 1.5   # several servers: a frozen one must not hold the node up long
 
 
 class ServerLink:
-    def __init__(self, address: tuple[str, int], key: bytes, node_id: int,
+    def __init__(self, addresses: list[tuple[str, int]], key: bytes, node_id: int,
                  on_push: Callable[[dict, bytes], None],
                  on_connect: Callable[[], Awaitable[None]], tls: ssl.SSLContext | None = None):
-        self.address = address
+        if not addresses:
+            raise ValueError("ServerLink needs at least one server address")
+        self.addresses = list(addresses)
+        self.address = self.addresses[0]      # the one connected to, or tried last
         self.key = key
         self.node_id = node_id
         self.on_push = on_push
@@ -50,17 +59,26 @@ class ServerLink:
         """Keep a connection up. ``task_status.started()`` fires after the first
         successful connect (and ``on_connect``). A wrong cluster key is fatal."""
         backoff, started, failures = BACKOFF_MIN, False, 0
+        n = len(self.addresses)
+        idx = 0
+        timeout = CONNECT_TIMEOUT if n == 1 else HA_CONNECT_TIMEOUT
         while True:
+            self.address = self.addresses[idx]
             try:
-                client = await rpc.connect(self.address, self.key, "node", self.node_id, timeout=5,
-                                           instance=self.instance, tls=self.tls)
+                client = await rpc.connect(self.address, self.key, "node", self.node_id,
+                                           timeout=timeout, instance=self.instance, tls=self.tls)
             except AuthError:
                 raise
             except (Unavailable, ProtocolError, InUse) as exc:
                 failures += 1
                 self.last_error = str(exc)
-                level = logging.WARNING if failures == 1 or backoff >= BACKOFF_MAX else logging.DEBUG
-                log.log(level, "server %s unreachable (%s); retrying in %.1fs", self.where, exc, backoff)
+                idx = (idx + 1) % n
+                if idx != 0:
+                    log.debug("server %s unreachable (%s); trying the next one", self.where, exc)
+                    continue
+                level = logging.WARNING if failures <= n or backoff >= BACKOFF_MAX else logging.DEBUG
+                log.log(level, "server %s unreachable (%s); retrying in %.1fs",
+                        ", ".join("%s:%d" % a for a in self.addresses), exc, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
@@ -84,6 +102,8 @@ class ServerLink:
                 nursery.cancel_scope.cancel()
             self.client = None
             await client.aclose()
+            if n > 1:
+                idx = (idx + 1) % n     # the leader went away: the next one is likelier
             if trio.current_time() - self.connected_since >= STABLE:
                 backoff = BACKOFF_MIN
                 log.warning("lost connection to server %s; reconnecting", self.where)
@@ -91,6 +111,14 @@ class ServerLink:
                 log.warning("lost connection to server %s; reconnecting in %.1fs", self.where, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def drop(self, why: str) -> None:
+        """Give up on the current server (it stopped answering) and go on to the
+        next one; only with several servers."""
+        client = self.client
+        if client is not None and len(self.addresses) > 1:
+            log.warning("server %s: %s; trying the other servers", self.where, why)
+            await client.aclose()
 
     async def call(self, op: str, args: dict | None = None, payload: bytes = b"",
                    timeout: float = math.inf) -> tuple[dict, bytes]:

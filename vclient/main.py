@@ -13,7 +13,7 @@ from fencevol.cli import print_json, print_table, run_main, setup_logging
 from fencevol.clock import BOOTTIME
 from fencevol.errors import InvalidArgument
 from fencevol.modes import parse_mode
-from fencevol.rpc import parse_address
+from fencevol.rpc import parse_address, parse_servers
 from fencevol.units import format_size
 
 from . import control
@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Connect to the volume server, attach volumes and mount them "
                        "as files MOUNT/DG/VOL. SIGTERM/SIGINT unmount cleanly.")
     r.add_argument("--node-id", type=int, required=True, metavar="N", help="this node's id (1-65535)")
-    r.add_argument("--server", metavar="HOST:PORT",
-                   default=os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER),
-                   help=f"volume server (default {DEFAULT_SERVER})")
+    r.add_argument("--server", metavar="HOST:PORT", action="append",
+                   help=f"volume server (default {DEFAULT_SERVER}); repeat it, or give "
+                        "HOST:PORT,HOST:PORT, for the servers of an HA control plane")
     r.add_argument("--key-file", metavar="FILE",
                    default=os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
                    help=f"this node's credential (`vctl key issue`) or the cluster key "
@@ -178,7 +178,7 @@ def cmd_run(args) -> int:
             join_timeout=args.join_timeout, race_timeout=args.race_timeout,
             auto_join=not args.no_join)
     opts = NodeOptions(
-        node_id=args.node_id, server=parse_address(args.server, 7745), key_file=args.key_file,
+        node_id=args.node_id, servers=parse_servers(args.server or os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER), 7745), key_file=args.key_file,
         mount=os.path.abspath(args.mount), attach=args.attach, pause_timeout=args.pause_timeout,
         control_path=args.control or "", disk_paths=dict(args.disk_path),
         remote_disks=set(args.remote_disk), max_tasks=args.max_tasks,

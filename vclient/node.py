@@ -53,7 +53,7 @@ DEFAULT_RUN_DIR = "/run/fencevol"
 @dataclass
 class NodeOptions:
     node_id: int
-    server: tuple[str, int]
+    servers: list[tuple[str, int]]      # one, or the servers of an HA control plane
     key_file: str
     mount: str
     attach: list[tuple[str, str]] = field(default_factory=list)
@@ -89,7 +89,8 @@ class Node:
         self.watchdog = Watchdog(opts.node_id, opts.watchdog_slack, opts.hw_watchdog,
                                  on_down=lambda why: self.pause_all("watchdog"),
                                  on_up=lambda: self.resume_all("watchdog")) if opts.watchdog else None
-        self.link = ServerLink(opts.server, self.credential.key, opts.node_id, self._on_push,
+        self._renew_failures = 0
+        self.link = ServerLink(opts.servers, self.credential.key, opts.node_id, self._on_push,
                                self._on_connect,
                                tls.client_context(opts.tls_ca) if opts.tls_ca else None)
         self.mount = None
@@ -290,7 +291,14 @@ class Node:
                                                timeout=self.lease["renew_interval"])
         except Unavailable as exc:
             log.debug("renewal failed: %s", exc)
+            self._renew_failures += 1
+            if self._renew_failures >= 2 and self.link.connected:
+                # A frozen or cut-off leader keeps the connection up but answers
+                # nothing (or NotLeader): another server may be leading by now.
+                self._renew_failures = 0
+                await self.link.drop(f"{type(exc).__name__}: {exc}")
             return
+        self._renew_failures = 0
         window = self._lease_window(sent)
         for v in vols:
             r = reply.result(v.delegation)

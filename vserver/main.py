@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import signal
+import socket
+import sys
 import tomllib
 
 import trio
@@ -17,6 +19,8 @@ from fencevol.lease import LeaseTerms
 from fencevol.rpc import parse_address
 
 from .handlers import dispatch
+from . import etcd
+from .leader import HaSettings, HaTerms, Leadership
 from .ownership import OwnerTerms
 from .server import DEFAULT_PORT, DEFAULT_STATE_DIR, Settings, VolumeServer
 
@@ -25,7 +29,8 @@ log = logging.getLogger("vserver")
 CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds": (int, float),
                "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
                "scan": list, "log_level": str, "require_node_credentials": bool,
-               "tls_cert": str, "tls_key": str, "owner_lease_seconds": (int, float)}
+               "tls_cert": str, "tls_key": str, "owner_lease_seconds": (int, float),
+               "etcd": str, "ha_cluster": str, "etcd_lease_seconds": int}
 
 
 def load_config(path: str) -> dict:
@@ -73,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--owner-lease", type=float, metavar="SECONDS",
                    help="disk-group ownership lease: another server may take a group over "
                         "after this long without renewals (default 10; renewed every fifth)")
+    s.add_argument("--etcd", metavar="URL[,URL...]",
+                   help="run as one of several servers sharing an etcd cluster: one leads, "
+                        "the others stand by (docs/HA.md)")
+    s.add_argument("--ha-cluster", metavar="NAME",
+                   help="which control plane in that etcd cluster (default 'default')")
+    s.add_argument("--etcd-lease", type=int, metavar="SECONDS",
+                   help=f"leader lease TTL in etcd (default {HaTerms().ttl}); a dead leader "
+                        "is replaced after about this long")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -106,10 +119,21 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
         owner=owner_terms(args.owner_lease if args.owner_lease is not None
                           else cfg.get("owner_lease_seconds", OwnerTerms().expiry)),
     )
+    endpoints = args.etcd or cfg.get("etcd")
+    if endpoints:
+        ttl = args.etcd_lease if args.etcd_lease is not None else cfg.get("etcd_lease_seconds",
+                                                                           HaTerms().ttl)
+        settings.ha = HaSettings(tuple(etcd.parse_endpoints(endpoints)),
+                                 args.ha_cluster or cfg.get("ha_cluster", "default"),
+                                 HaTerms(ttl=ttl))
+    elif args.ha_cluster or args.etcd_lease is not None:
+        raise InvalidArgument("--ha-cluster and --etcd-lease need --etcd")
     return settings, args.log_level or cfg.get("log_level", "info")
 
 
 async def serve(settings: Settings) -> None:
+    if settings.ha is not None:
+        return await serve_ha(settings)
     server = VolumeServer(settings, dispatch)
     server.open_state()
     try:
@@ -119,6 +143,50 @@ async def serve(settings: Settings) -> None:
     finally:
         server.close()
         log.info("stopped")
+
+
+class LostLeadership(Exception):
+    """The process starts over as a standby (main)."""
+
+
+async def serve_ha(settings: Settings) -> None:
+    """One of several servers on etcd (vserver.leader): stand by until elected,
+    load the state the last leader saved, serve; on losing the leadership stop
+    serving at once, without touching the disks, and start over."""
+    server = VolumeServer(settings, dispatch)
+    server.open_local()
+    client = etcd.EtcdClient(list(settings.ha.endpoints))
+    me = {"id": server.server_id, "listen": "%s:%d" % settings.listen,
+          "host": socket.gethostname(), "pid": os.getpid()}
+    leadership = Leadership(client, settings.ha, me)
+    lost = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(leadership.keep_alive)
+            log.info("HA cluster %s on etcd %s: standing by until elected", settings.ha.cluster,
+                     ",".join(settings.ha.endpoints))
+            await leadership.campaign()
+            state, delegations = await leadership.load()
+            server.leader = leadership
+            server.load_shared(state or {}, delegations or [])
+            nursery.start_soon(_watch_leadership, leadership, nursery.cancel_scope)
+            await nursery.start(server.serve)
+            await leadership.lost.wait()
+    finally:
+        lost = leadership.lost.is_set()
+        server.close(release=not lost)
+        if not lost:
+            await leadership.resign()
+        await client.aclose()
+        log.info("stopped" if not lost else "stopped serving: leadership lost")
+    if lost:
+        raise LostLeadership(leadership.lost_reason)
+
+
+async def _watch_leadership(leadership: Leadership, scope: trio.CancelScope) -> None:
+    await leadership.lost.wait()
+    scope.cancel()
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
@@ -134,7 +202,14 @@ def main(argv: list[str] | None = None) -> None:
         args = build_parser().parse_args(argv)
         settings, level = settings_from(args)
         setup_logging("vserver", level)
-        trio.run(serve, settings, clock=BOOTTIME)
+        logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per etcd call otherwise
+        try:
+            trio.run(serve, settings, clock=BOOTTIME)
+        except LostLeadership:
+            # A clean slate: nothing of the deposed leader's memory survives.
+            log.warning("starting over as a standby")
+            logging.shutdown()
+            os.execv(sys.executable, [sys.executable, "-m", "vserver.main", *sys.argv[1:]])
         return 0
     run_main("vserver", _main)
 

@@ -40,6 +40,7 @@ The decisions are plain functions of what was read (``judge``); the waiting is i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ import trio
 
 from fencevol import ondisk
 from fencevol.errors import FencevolError, InUse, InvalidArgument
+
+log = logging.getLogger("vserver.ownership")
 
 TAKEOVER_JUMP = 1 << 20       # generations the new owner skips (see the module docstring)
 
@@ -110,18 +113,35 @@ class Me:
 
 # -- judging what was read (pure) ----------------------------------------------------------------
 
-FREE, MINE, HELD = "free", "mine", "held"
+FREE, MINE, HELD, SUPERSEDED = "free", "mine", "held", "superseded"
+
+
+def superseded(owner: str, me: str) -> bool:
+    """Is ``owner`` an earlier leader of the same HA control plane as ``me``
+    ("ha:CLUSTER:EPOCH", vserver.leader)? etcd elected ``me`` only after that
+    leader's etcd lease had ended, and it writes nothing once its lease may have
+    ended: its record is left over (or one late write), not a live owner's."""
+    a, b = owner.split(":"), me.split(":")
+    if len(a) != 3 or len(b) != 3 or a[0] != "ha" or b[0] != "ha" or a[1] != b[1]:
+        return False
+    try:
+        return int(a[2]) < int(b[2])
+    except ValueError:
+        return False
 
 
 def judge(readings: list[Reading], group_id: str, me: str) -> tuple[str, OwnerRecord | None]:
-    """(FREE | MINE | HELD, the newest record). HELD: another server's record, or a
-    damaged block (someone may be writing it right now), or records of different
-    owners on different disks."""
+    """(FREE | MINE | HELD | SUPERSEDED, the newest record). HELD: another server's
+    record, or a damaged block (someone may be writing it right now), or records of
+    different owners on different disks. SUPERSEDED: only records of earlier
+    leaders of our own HA control plane -- take over at once."""
     records = [r for r in readings if isinstance(r, OwnerRecord) and r.group == group_id]
     newest = max(records, key=lambda r: (r.epoch, r.counter), default=None)
     if any(r == DAMAGED for r in readings):
         return HELD, newest
     owners = {r.owner for r in records} - {""}      # "": released
+    if owners and all(superseded(o, me) for o in owners):
+        return SUPERSEDED, newest
     if not owners:
         return FREE, newest
     if owners == {me}:
@@ -133,6 +153,14 @@ def confirms(readings: list[Reading], group_id: str, me: str, epoch: int) -> boo
     """Does every disk hold our record of ``epoch``?"""
     return all(isinstance(r, OwnerRecord) and r.group == group_id and r.owner == me
                and r.epoch == epoch for r in readings)
+
+
+def only_late_writes(readings: list[Reading], group_id: str, me: str, epoch: int) -> bool:
+    """Every disk holds our record of ``epoch`` or a record of a leader we
+    superseded (its renewal, frozen before the write, landed late): still ours."""
+    return all(isinstance(r, OwnerRecord) and r.group == group_id
+               and ((r.owner == me and r.epoch == epoch) or superseded(r.owner, me))
+               for r in readings)
 
 
 # -- I/O -----------------------------------------------------------------------------------------
@@ -179,7 +207,7 @@ async def acquire(fds: list[int], group_id: str, group_name: str, me: Me,
     owner if a live server holds it."""
     readings = read_all(fds)
     verdict, newest = judge(readings, group_id, me.server_id)
-    took_over = verdict == HELD
+    took_over = verdict in (HELD, SUPERSEDED)
     if verdict == HELD:
         first = readings
         watch_until = trio.current_time() + terms.expiry
@@ -212,12 +240,23 @@ async def renew(fds: list[int], own: Ownership, group_name: str) -> None:
     if own.lost:
         raise NotOwner(own.lost)
     readings = read_all(fds)
-    if not confirms(readings, own.group, own.me.server_id, own.epoch):
+    if not _still_ours(readings, own):
         raise _lost(readings, own, group_name)
     own.counter += 1
     t0 = trio.current_time()
     await trio.to_thread.run_sync(write_all, fds, own.record())
     own.renewed_at = t0
+
+
+def _still_ours(readings: list[Reading], own: Ownership) -> bool:
+    if confirms(readings, own.group, own.me.server_id, own.epoch):
+        return True
+    if only_late_writes(readings, own.group, own.me.server_id, own.epoch):
+        log.warning("disk group %s: a late write of an earlier leader on its owner lease; "
+                    "rewriting ours", own.group)
+        own.renewed_at = -1e18          # confirm rewrites and reads back
+        return True
+    return False
 
 
 def _lost(readings: list[Reading], own: Ownership, group_name: str) -> NotOwner:
@@ -239,7 +278,7 @@ async def confirm(fds: list[int], own: Ownership, group_name: str) -> None:
         readings = read_all(fds)        # one 4 KiB O_DIRECT read per disk, on the loop
     except OSError as exc:
         raise NotOwner(f"disk group {group_name}: cannot read its owner lease: {exc}") from None
-    if not confirms(readings, own.group, own.me.server_id, own.epoch):
+    if not _still_ours(readings, own):
         raise _lost(readings, own, group_name)
     if trio.current_time() - own.renewed_at < own.terms.expiry - own.terms.guard:
         return
@@ -248,7 +287,7 @@ async def confirm(fds: list[int], own: Ownership, group_name: str) -> None:
     await trio.to_thread.run_sync(write_all, fds, own.record())
     await trio.sleep(own.terms.settle)
     readings = read_all(fds)
-    if not confirms(readings, own.group, own.me.server_id, own.epoch):
+    if not _still_ours(readings, own):
         raise _lost(readings, own, group_name)
     own.renewed_at = t0
 

@@ -38,6 +38,7 @@ from fencevol.lease import LeaseTerms
 from fencevol.rpc import ConnectionClosed, FramedConnection
 
 from . import limits, ownership, statefile
+from .leader import HaSettings, Leadership
 from .delegations import REVOKING, Delegation, DelegationTable
 from .model import Volume, extent_map_wire
 from .storage import Disk, Group, group_from_disks, write_config
@@ -81,6 +82,7 @@ class Settings:
     tls_cert: str = ""                              # PEM; TLS on every connection when set
     tls_key: str = ""
     owner: ownership.OwnerTerms = field(default_factory=ownership.OwnerTerms)  # disk-group lease
+    ha: HaSettings | None = None                    # --etcd: one of several servers (vserver.leader)
 
     @property
     def key_path(self) -> str:
@@ -149,6 +151,7 @@ class VolumeServer:
                     if settings.tls_cert or settings.tls_key else None)
         self.connections = 0
         self._log_limited = RateLimitedLog(log)
+        self.leader: Leadership | None = None      # HA mode: set once elected
 
     # -- start-up ------------------------------------------------------------------
     @property
@@ -163,6 +166,13 @@ class VolumeServer:
         """Lock the state directory, load the key, reopen known disks and groups,
         restore delegations. Problems with single disks are logged and reported, not
         fatal."""
+        state = self.open_local()
+        self.load_shared(state, statefile.read(self.deleg_path, default=[]) or [])
+        self._write_state_file()
+
+    def open_local(self) -> dict:
+        """Lock the state directory, load the key and this server's id; the state
+        file's content."""
         sd = self.settings.state_dir
         os.makedirs(sd, mode=0o700, exist_ok=True)
         self._lock_fd = os.open(os.path.join(sd, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -180,6 +190,13 @@ class VolumeServer:
         self.server_id = state.get("server_id") or uuid.uuid4().hex
         # The server's own registration key: node field 0 marks a server.
         self.server_key = (0x4653 << 48) | (crc32c(self.server_id.encode()) & 0xFFFFFFFF)
+        if self.settings.ha is not None:
+            statefile.write(self.state_path, {"server_id": self.server_id})   # the rest is in etcd
+        return state
+
+    def load_shared(self, state: dict, delegations: list) -> None:
+        """Reopen the known disks and groups of ``state`` and restore ``delegations``
+        (from the state directory, or from etcd when this server was elected)."""
         for rec in state.get("disks", []):
             try:
                 disk = Disk.open(rec["path"])
@@ -208,12 +225,11 @@ class VolumeServer:
                 log.error("disk group %s: %s", name, p)
             self.groups[name] = group         # claimed (and reservations ensured) by serve()
         now = trio.current_time()
-        self.table.restore(statefile.read(self.deleg_path, default=[]) or [], now)
+        self.table.restore(delegations, now)
         if self.table.by_id:
             log.info("restored %d delegation(s); grace period %.1fs for reclaims",
                      len(self.table.by_id), self.terms.duration + self.terms.margin)
         self.started_at = now
-        self.save_state()
 
     def ensure_reservations(self, group: Group) -> None:
         """Register the server's key and hold a Write Exclusive Registrants Only
@@ -236,23 +252,36 @@ class VolumeServer:
             if t.generation != before:
                 disk.write_pr()
 
-    def save_state(self) -> None:
-        statefile.write(self.state_path, {
-            "server_id": self.server_id,
-            "disks": [{"id": d.id, "path": d.path} for d in self.disks.values()]
-                     + [{"id": e["id"], "path": e["path"]} for e in self.disk_errors],
-            "groups": sorted(self.groups),
-        })
+    def _shared_state(self) -> dict:
+        return {"disks": [{"id": d.id, "path": d.path} for d in self.disks.values()]
+                         + [{"id": e["id"], "path": e["path"]} for e in self.disk_errors],
+                "groups": sorted(self.groups)}
+
+    def _write_state_file(self) -> None:
+        statefile.write(self.state_path, {"server_id": self.server_id, **self._shared_state()})
+
+    async def save_state(self) -> None:
+        """Known disks and groups: to the state directory, or to etcd (HA)."""
+        if self.leader is not None:
+            await self.leader.save("state", self._shared_state())
+        else:
+            self._write_state_file()
 
     async def persist_delegations(self) -> None:
-        """Write the delegation table; called before a grant is acknowledged."""
+        """Write the delegation table; called before a grant is acknowledged. In HA
+        mode a transaction that succeeds only while this server leads."""
         async with self._persist_lock:
             records = self.table.persistent_records()
-            await trio.to_thread.run_sync(statefile.write, self.deleg_path, records)
+            if self.leader is not None:
+                await self.leader.save("delegations", records)
+            else:
+                await trio.to_thread.run_sync(statefile.write, self.deleg_path, records)
 
-    def close(self) -> None:
+    def close(self, release: bool = True) -> None:
+        """``release``: hand the disk groups back (a clean stop); not after losing
+        the leadership, when the next leader may already own them."""
         for g in self.groups.values():
-            if g.ownership is not None:
+            if release and g.ownership is not None:
                 ownership.release(g.fds, g.ownership)
         for d in self.disks.values():
             d.close()
@@ -263,7 +292,8 @@ class VolumeServer:
     # -- disk-group ownership (vserver/ownership.py) -------------------------------
     @property
     def me(self) -> ownership.Me:
-        return ownership.Me(self.server_id, self.listen_address)
+        owner = self.leader.owner_id if self.leader is not None else self.server_id
+        return ownership.Me(owner, self.listen_address)
 
     async def claim(self, group: Group) -> None:
         """Become the group's owner (NotOwner naming the owner if a live server
@@ -326,6 +356,8 @@ class VolumeServer:
     async def _ownership_loop(self) -> None:
         while True:
             await trio.sleep(self.settings.owner.renew)
+            if self.leader is not None and not self.leader.valid():
+                continue        # a leader that may be deposed writes nothing to the disks
             for group in list(self.groups.values()):
                 own = group.ownership
                 if own is None or own.lost:
@@ -588,6 +620,8 @@ class VolumeServer:
     async def _answer(self, dispatch, session, msg, payload, limiter) -> None:
         rid = msg.get("id")
         try:
+            if self.leader is not None:
+                self.leader.check()         # after the request arrived: see vserver.leader
             result, out = await dispatch(self, session, msg, payload)
             reply = {"id": rid, "ok": True, "result": result}
         except FencevolError as exc:

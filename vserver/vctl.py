@@ -11,9 +11,10 @@ import trio
 
 from fencevol import auth, tls
 from fencevol.cli import print_json, print_table, run_main
+from fencevol.errors import NotLeader, Unavailable
 from fencevol.protocol import messages as proto
 from fencevol.protocol.messages import Message, reply_of
-from fencevol.rpc import open_client, parse_address
+from fencevol.rpc import open_client, parse_servers
 from fencevol.units import format_size, parse_size
 
 from .server import DEFAULT_PORT, DEFAULT_STATE_DIR
@@ -32,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vctl", description="Administer a fencevol volume server.",
         epilog="Environment: FENCEVOL_SERVER, FENCEVOL_KEY_FILE, FENCEVOL_TLS_CA give "
                "defaults for --server, --key-file and --tls-ca.")
-    p.add_argument("--server", metavar="HOST:PORT",
-                   default=os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER),
-                   help=f"volume server (default {DEFAULT_SERVER})")
+    p.add_argument("--server", metavar="HOST:PORT", action="append",
+                   help=f"volume server (default {DEFAULT_SERVER}); repeat it, or give "
+                        "HOST:PORT,HOST:PORT, for the servers of an HA control plane: "
+                        "the leader answers")
     p.add_argument("--key-file", metavar="FILE",
                    default=os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
                    help=f"cluster key file (default {DEFAULT_KEY})")
@@ -149,18 +151,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _call(args, req: Message) -> dict:
+    """Ask the servers in turn: one that cannot be reached, or is not the leader
+    (NotLeader: the request was not run), is skipped. A request that was sent and
+    got no answer is not sent again elsewhere -- it may have run."""
     key = auth.load_key_file(args.key_file)
-    address = parse_address(args.server, DEFAULT_PORT)
-    from fencevol.errors import Unavailable
+    servers = parse_servers(args.server or os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER),
+                            DEFAULT_PORT)
+    ctx = tls.client_context(args.tls_ca) if args.tls_ca else None
+    skipped = []
     try:
         with trio.fail_after(args.timeout):
-            ctx = tls.client_context(args.tls_ca) if args.tls_ca else None
-            async with open_client(address, key, "admin", tls=ctx) as client:
-                result, _ = await client.call(req.OP, req.to_wire())
+            for address in servers:
+                sent = False
+                try:
+                    async with open_client(address, key, "admin", tls=ctx) as client:
+                        sent = True
+                        result, _ = await client.call(req.OP, req.to_wire())
+                except NotLeader as exc:
+                    skipped.append(f"{_where(address)}: {exc}")
+                    continue
+                except Unavailable as exc:
+                    if sent:
+                        raise
+                    skipped.append(str(exc))
+                    continue
                 reply_of(req.OP, result)       # the reply is checked against its type
                 return result
     except trio.TooSlowError:
-        raise Unavailable(f"server {args.server} did not answer within {args.timeout:g}s") from None
+        raise Unavailable(f"server {', '.join(map(_where, servers))} did not answer within "
+                          f"{args.timeout:g}s") from None
+    if len(servers) == 1:
+        raise Unavailable(skipped[0])
+    raise Unavailable("no server is leading: " + "; ".join(skipped))
+
+
+def _where(address: tuple[str, int]) -> str:
+    return "%s:%d" % address
 
 
 def call(args, req: Message) -> dict:

@@ -102,7 +102,7 @@ async def op_disk_init(srv: VolumeServer, sess: Session, req: m.DiskInitRequest,
             raise
         srv.disks.pop(old_id, None)
         srv.disks[disk.id] = disk
-        srv.save_state()
+        await srv.save_state()
     log.info("initialized disk %s (%s) at %s", disk.name, disk.id, path)
     return disk_info(srv, disk), b""
 
@@ -132,7 +132,7 @@ async def op_dg_create(srv: VolumeServer, sess: Session, req: m.DgCreateRequest,
         await trio.to_thread.run_sync(storage.join_disks, group, cfg)
         await trio.to_thread.run_sync(srv.ensure_reservations, group)
         srv.groups[name] = group
-        srv.save_state()
+        await srv.save_state()
     log.info("created disk group %s on %s", name, ", ".join(d.name for d in disks))
     return group_info(srv, group), b""
 
@@ -196,7 +196,7 @@ async def op_dg_import(srv: VolumeServer, sess: Session, req: m.DgImportRequest,
                 d.close()
         await trio.to_thread.run_sync(srv.ensure_reservations, group)
         srv.groups[name] = group
-        srv.save_state()
+        await srv.save_state()
     for p in group.problems():
         log.error("disk group %s: %s", name, p)
     log.info("imported disk group %s (generation %d, %d disks)", name, group.config.generation,
