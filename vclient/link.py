@@ -25,6 +25,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 STABLE = 2.0      # a connection that lasted less than this is retried with backoff
 CONNECT_TIMEOUT = 5.0
 HA_CONNECT_TIMEOUT = 1.5   # several servers: a frozen one must not hold the node up long
+HA_BACKOFF_MAX = 0.25      # ... and a new leader is found within a few tries, not seconds later
 
 
 class ServerLink:
@@ -62,6 +63,7 @@ class ServerLink:
         n = len(self.addresses)
         idx = 0
         timeout = CONNECT_TIMEOUT if n == 1 else HA_CONNECT_TIMEOUT
+        backoff_max = BACKOFF_MAX if n == 1 else HA_BACKOFF_MAX
         while True:
             self.address = self.addresses[idx]
             try:
@@ -76,11 +78,11 @@ class ServerLink:
                 if idx != 0:
                     log.debug("server %s unreachable (%s); trying the next one", self.where, exc)
                     continue
-                level = logging.WARNING if failures <= n or backoff >= BACKOFF_MAX else logging.DEBUG
+                level = logging.WARNING if failures <= n or backoff >= backoff_max else logging.DEBUG
                 log.log(level, "server %s unreachable (%s); retrying in %.1fs",
                         ", ".join("%s:%d" % a for a in self.addresses), exc, backoff)
                 await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                backoff = min(backoff * 2, backoff_max)
                 continue
             failures = 0
             self.connects += 1
@@ -110,7 +112,7 @@ class ServerLink:
             else:        # dropped right after connecting: do not hammer the server
                 log.warning("lost connection to server %s; reconnecting in %.1fs", self.where, backoff)
                 await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                backoff = min(backoff * 2, backoff_max)
 
     async def drop(self, why: str) -> None:
         """Give up on the current server (it stopped answering) and go on to the

@@ -50,7 +50,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 @dataclass(frozen=True)
 class HaTerms:
-    ttl: int = 3             # etcd lease TTL, seconds (etcd's minimum is ~1.5 x election timeout)
+    ttl: int = 2             # etcd lease TTL, seconds (etcd's minimum: 1.5 x its election timeout)
     margin: float = 0.5      # stop acting this long before the lease could end at etcd
     poll: float = 0.25       # a standby looks for a vacant leader key this often
 

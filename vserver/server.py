@@ -32,6 +32,7 @@ from fencevol.errors import (
     InvalidArgument,
     NotFound,
     ProtocolError,
+    Unavailable,
 )
 from fencevol.extents import ExtentMap
 from fencevol.lease import LeaseTerms
@@ -386,7 +387,10 @@ class VolumeServer:
                 log.info("delegation %s (%s, node %d, %s) %s", d.id, d.volume, d.node, d.mode,
                          "dropped after revoke timeout" if d.state == REVOKING else "expired")
             self.notify()
-            await self.persist_delegations()
+            try:
+                await self.persist_delegations()
+            except Unavailable as exc:      # HA: etcd unreachable, or deposed (NotLeader)
+                log.warning("expired delegations not saved: %s", exc)
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -209,6 +209,10 @@ def cmd_status(args) -> None:
     s = st["server"]
     print(f"server {s['listen']}  id {s['id'][:12]}  pid {s['pid']}  up {s['uptime']:.0f}s  "
           f"state {s['state_dir']}")
+    if s.get("ha"):
+        ha = s["ha"]
+        print(f"HA leader of {ha['cluster']} (epoch {ha['epoch']}, leading for {ha['leader_for']:.0f}s) "
+              f"on etcd {','.join(ha['etcd'])}")
     lease = s["lease"]
     print(f"lease {lease['duration']:g}s + margin {lease['margin']:g}s"
           + (f"  grace {s['grace_remaining']:.1f}s left" if s["grace_remaining"] > 0 else ""))

@@ -89,6 +89,7 @@ class ServerInfo(Message):
     uptime: float
     grace_remaining: float
     lease: dict[str, Any]
+    ha: dict[str, Any] | None = None       # HA leader: cluster, epoch, etcd endpoints
 
 
 @message

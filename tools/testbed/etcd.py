@@ -41,14 +41,25 @@ class Member:
 class EtcdCluster:
     workdir: Path
     members: list[Member] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)   # more loopback addresses to serve on
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)  # ours only
 
     @property
     def endpoints(self) -> list[str]:
         return [m.client for m in self.members]
 
+    def endpoints_via(self, host: str) -> list[str]:
+        """The client endpoints as reached through ``host`` (one of ``extra_hosts``):
+        a client given these can be cut off from etcd alone (drop traffic to
+        ``host``), the others keep their path."""
+        return [m.client.replace("127.0.0.1", host) for m in self.members]
+
+    @property
+    def client_ports(self) -> list[int]:
+        return [int(m.client.rsplit(":", 1)[1]) for m in self.members]
+
     @classmethod
-    def create(cls, workdir: Path, n: int) -> "EtcdCluster":
+    def create(cls, workdir: Path, n: int, extra_hosts: list[str] = ()) -> "EtcdCluster":
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * n, socket.SOCK_STREAM)
@@ -56,7 +67,7 @@ class EtcdCluster:
                           f"http://127.0.0.1:{ports[2 * i + 1]}",
                           str(workdir / f"m{i + 1}.etcd"), str(workdir / f"m{i + 1}.log"))
                    for i in range(n)]
-        return cls(workdir, members)
+        return cls(workdir, members, list(extra_hosts))
 
     def start(self, timeout: float = 30.0) -> "EtcdCluster":
         if not os.path.exists(ETCD):
@@ -64,8 +75,9 @@ class EtcdCluster:
         initial = ",".join(f"{m.name}={m.peer}" for m in self.members)
         token = f"fencevol-{os.getpid()}-{int(time.time())}"
         for m in self.members:
+            listen = ",".join([m.client] + self.endpoints_via_member(m))
             cmd = [ETCD, "--name", m.name, "--data-dir", m.data_dir,
-                   "--listen-client-urls", m.client, "--advertise-client-urls", m.client,
+                   "--listen-client-urls", listen, "--advertise-client-urls", m.client,
                    "--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
                    "--initial-cluster", initial, "--initial-cluster-state", "new",
                    "--initial-cluster-token", token, "--heartbeat-interval", "100",
@@ -83,6 +95,9 @@ class EtcdCluster:
             time.sleep(0.1)
         self.save()
         return self
+
+    def endpoints_via_member(self, m: Member) -> list[str]:
+        return [m.client.replace("127.0.0.1", h) for h in self.extra_hosts]
 
     def healthy(self, m: Member) -> bool:
         try:
@@ -124,12 +139,14 @@ class EtcdCluster:
 
     def save(self) -> None:
         (self.workdir / "etcd.json").write_text(json.dumps(
-            {"members": [m.__dict__ for m in self.members]}, indent=1))
+            {"members": [m.__dict__ for m in self.members], "extra_hosts": self.extra_hosts},
+            indent=1))
 
     @classmethod
     def load(cls, workdir: Path) -> "EtcdCluster":
         data = json.loads((Path(workdir) / "etcd.json").read_text())
-        return cls(Path(workdir), [Member(**m) for m in data["members"]])
+        return cls(Path(workdir), [Member(**m) for m in data["members"]],
+                   data.get("extra_hosts", []))
 
     # -- the v3 JSON gateway --------------------------------------------------------------------
     def call(self, path: str, body: dict, member: Member | None = None) -> dict:

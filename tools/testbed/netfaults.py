@@ -67,6 +67,14 @@ class Nft:
         b = "{ " + ", ".join(str(p) for p in ports_b) + " }"
         self._nft("add", "rule", "inet", self.table, "input", "udp", "sport", a, "udp", "dport", b, "drop")
 
+    def drop_tcp_to(self, host: str, ports) -> None:
+        """Drop TCP to ``host`` on any of ``ports`` (a server cut off from etcd:
+        it reaches etcd through its own loopback address, testbed.ha)."""
+        self._ensure()
+        p = "{ " + ", ".join(str(x) for x in ports) + " }"
+        self._nft("add", "rule", "inet", self.table, "input", "ip", "daddr", host, "tcp", "dport",
+                  p, "drop")
+
     def remove(self) -> None:
         subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True, timeout=10)
         self.created = False

@@ -98,9 +98,15 @@ class Server:
         env = dict(ENV, FENCEVOL_SERVER=self.address, FENCEVOL_KEY_FILE=self.key_file)
         return env | ({"FENCEVOL_TLS_CA": self.tls_ca} if self.tls_ca else {})
 
-    def start(self, listen: str | None = None) -> "Server":
+    def start(self, listen: str | None = None, wait: bool = True) -> "Server":
+        """``wait``: for its readiness line (an HA standby prints it only once elected)."""
         listen = listen or (self.address or "127.0.0.1:0")
         self._close_pipe()
+        if not wait:
+            self.proc = spawn([str(VENV_BIN / "vserver"), "serve", "--state-dir", str(self.state_dir),
+                               "--listen", listen, *self.extra], self.log, self.detached)
+            self.address = listen
+            return self
         self.proc, line = launch([str(VENV_BIN / "vserver"), "serve", "--state-dir", str(self.state_dir),
                                   "--listen", listen, *self.extra], self.log, "vserver", 20,
                                  self.detached)

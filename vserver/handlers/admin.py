@@ -52,7 +52,7 @@ async def op_status(srv: VolumeServer, sess: Session, req: m.StatusRequest, payl
                           state_dir=srv.settings.state_dir, pid=os.getpid(),
                           uptime=round(now - srv.started_at, 3),
                           grace_remaining=round(max(0.0, grace_left), 3),
-                          lease=srv.lease_terms_wire())
+                          lease=srv.lease_terms_wire(), ha=ha_info(srv, now))
     return m.StatusReply(
         server=server, disks=all_disk_infos(srv),
         groups=[group_info(srv, g) for g in srv.groups.values()],
@@ -60,6 +60,16 @@ async def op_status(srv: VolumeServer, sess: Session, req: m.StatusRequest, payl
                      for a in attachments(srv, key, with_volume=True)],
         nodes=sorted((m.NodeSession(node=s.node, peer=s.peer, since=s.connected_at)
                       for s in srv.sessions.values()), key=lambda n: n.node)), b""
+
+
+def ha_info(srv: VolumeServer, now: float) -> dict | None:
+    lead = srv.leader
+    if lead is None:
+        return None
+    return {"cluster": lead.settings.cluster, "epoch": lead.epoch,
+            "leader_for": round(now - lead.elected_at, 3),
+            "certain_for": round(max(0.0, lead.valid_until - now), 3),
+            "etcd": list(lead.settings.endpoints), "etcd_calls": lead.client.calls}
 
 
 @op("ping", role="any")
