@@ -13,6 +13,11 @@ and for fault-injection scripts.
                                        namespaces, interfaces and loop devices
   tools/cluster start-node ID          (re)start one node with its recorded arguments
   tools/cluster start-server           (re)start the server with its arguments
+  tools/cluster up N --ha ...          an HA control plane instead of one server: 3 etcd
+                                       members (tools/etcd) and 2 servers, one leading
+  tools/cluster kill-leader [--restart]   kill -9 the leading server (--restart: start
+                                       it again, as a standby)
+  tools/cluster cut-etcd [K]           cut server K (default: the leader) off from etcd
 
 Everything it starts or creates is recorded in DIR/cluster.json (pids, ports,
 addresses, namespaces, loop devices, mounts, node ids, command lines);
@@ -27,13 +32,15 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import zlib
 from pathlib import Path
 
-from testbed.netfaults import free_udp_ports, Nft
+from testbed.etcd import EtcdCluster
+from testbed.netfaults import free_ports, free_udp_ports, Nft
 from testbed.processes import (
     ENV,
     VENV_BIN,
@@ -107,6 +114,91 @@ def start_server(d: Path, st: dict) -> None:
     save(d, st)
 
 
+# -- the HA control plane (--ha) ------------------------------------------------------------------
+
+HA_SERVERS, HA_MEMBERS = 2, 3
+
+
+def build_ha(d: Path, st: dict, args) -> None:
+    """3 etcd members, each also serving on one loopback address per server
+    (127.0.1.K: `cut-etcd K` drops exactly that server's etcd traffic), and 2
+    servers sharing one cluster key; waits for a leader."""
+    from fencevol import auth
+    hosts = [f"127.0.1.{k + 1}" for k in range(HA_SERVERS)]
+    etcd = EtcdCluster.create(d / "etcd", HA_MEMBERS, hosts)
+    st["ha"] = {"etcd_dir": str(d / "etcd"), "servers": []}
+    save(d, st)
+    etcd.start()
+    key_file = str(d / "cluster.key")
+    auth.create_key_file(key_file)
+    ports = free_ports(HA_SERVERS, socket.SOCK_STREAM)
+    for k in range(HA_SERVERS):
+        sd = d / f"server{k + 1}"
+        st["ha"]["servers"].append({
+            "argv": [str(VENV_BIN / "vserver"), "serve", "--state-dir", str(sd), "--key-file", key_file,
+                     "--listen", f"127.0.0.1:{ports[k]}", "--lease", str(args.lease),
+                     "--etcd", ",".join(etcd.endpoints_via(hosts[k]))],
+            "log": str(d / f"vserver{k + 1}.log"), "state_dir": str(sd),
+            "address": f"127.0.0.1:{ports[k]}", "etcd_host": hosts[k], "pid": 0})
+    st["server"] = {"address": ",".join(s["address"] for s in st["ha"]["servers"]),
+                    "key_file": key_file, "log": str(d / "vserver1.log"), "ha": True}
+    for k in range(HA_SERVERS):
+        start_ha_server(d, st, k)
+    wait_for(lambda: ha_leader(st) is not None, 30, "an HA leader")
+
+
+def start_ha_server(d: Path, st: dict, k: int) -> None:
+    srv = st["ha"]["servers"][k]
+    if alive(srv.get("pid")):
+        raise SystemExit(f"cluster: server {k + 1} is running (pid {srv['pid']})")
+    srv["pid"] = spawn(srv["argv"], Path(srv["log"]), detached=True).pid
+    save(d, st)
+
+
+def ha_leader(st: dict) -> int | None:
+    """The index of the server that answers as the leader, if one does."""
+    for k, srv in enumerate(st["ha"]["servers"]):
+        if alive(srv.get("pid")):
+            cp = subprocess.run([str(VENV_BIN / "vctl"), "--server", srv["address"], "--key-file",
+                                 st["server"]["key_file"], "--timeout", "2", "status", "--json"],
+                                capture_output=True, text=True, timeout=20)
+            if cp.returncode == 0:
+                return k
+    return None
+
+
+def kill_leader(d: Path, st: dict, restart: bool) -> None:
+    k = ha_leader(st)
+    if k is None:
+        raise SystemExit("cluster: no server is leading")
+    srv = st["ha"]["servers"][k]
+    os.kill(srv["pid"], signal.SIGKILL)
+    wait_for(lambda: not alive(srv["pid"]), 10, f"server {k + 1} to die")
+    print(f"killed the leader: server {k + 1} (pid {srv['pid']}, {srv['address']})")
+    if restart:
+        start_ha_server(d, st, k)
+        print(f"server {k + 1} restarted (pid {srv['pid']}); it stands by")
+
+
+def cut_etcd(st: dict, k: int | None) -> int:
+    if k is None:
+        k = ha_leader(st)
+        if k is None:
+            raise SystemExit("cluster: no server is leading")
+    if not 0 <= k < len(st["ha"]["servers"]):
+        raise SystemExit(f"cluster: no server {k + 1}")
+    etcd = EtcdCluster.load(Path(st["ha"]["etcd_dir"]))
+    Nft(st["nft_table"]).drop_tcp_to(st["ha"]["servers"][k]["etcd_host"], etcd.client_ports)
+    return k
+
+
+def stop_ha(st: dict) -> None:
+    for srv in st["ha"]["servers"]:
+        stop_pid(srv.get("pid"))
+    if (Path(st["ha"]["etcd_dir"]) / "etcd.json").exists():
+        EtcdCluster.load(Path(st["ha"]["etcd_dir"])).stop()
+
+
 def start_nodes(d: Path, st: dict, nodes: list[str]) -> None:
     """Launch the nodes together (they join concurrently), then wait for each."""
     procs = {}
@@ -145,11 +237,14 @@ def cmd_up(args) -> int:
     d = Path(args.dir).resolve()
     if state_path(d).exists():
         old = json.loads(state_path(d).read_text())
-        if alive(old.get("server", {}).get("pid")) or any(alive(n.get("pid")) for n in old["nodes"].values()):
+        ha_alive = any(alive(s.get("pid")) for s in (old.get("ha") or {}).get("servers", []))
+        if ha_alive or alive(old.get("server", {}).get("pid")) or any(alive(n.get("pid")) for n in old["nodes"].values()):
             raise SystemExit(f"cluster: a cluster is running in {d}; `tools/cluster down --dir {d}` first")
         down(d, old, quiet=True)
     if not 1 <= args.nodes <= 16:
         raise SystemExit("cluster: between 1 and 16 nodes")
+    if args.ha and args.hosts:
+        raise SystemExit("cluster: --ha runs on loopback; it does not combine with --hosts yet")
     if args.hosts and args.disk_paths:
         raise SystemExit("cluster: --hosts gives every node its own devices already; "
                          "--disk-paths does not combine with it")
@@ -180,14 +275,17 @@ def build(d: Path, st: dict, args, tag: str) -> None:
         net.create()
         st["hosts"] = net.to_json()
         listen = f"{net.server_ip()}:0"
-    server_argv = [str(VENV_BIN / "vserver"), "serve", "--state-dir", str(d / "state"),
-                   "--listen", listen, "--lease", str(args.lease)]
-    st["server"] = {"argv": server_argv, "log": str(d / "vserver.log"), "state_dir": str(d / "state"),
-                    "key_file": str(d / "state" / "cluster.key")}
-    start_server(d, st)
-    # Pin the port so restarts keep it.
-    st["server"]["argv"][st["server"]["argv"].index("--listen") + 1] = st["server"]["address"]
-    save(d, st)
+    if args.ha:
+        build_ha(d, st, args)
+    else:
+        server_argv = [str(VENV_BIN / "vserver"), "serve", "--state-dir", str(d / "state"),
+                       "--listen", listen, "--lease", str(args.lease)]
+        st["server"] = {"argv": server_argv, "log": str(d / "vserver.log"),
+                        "state_dir": str(d / "state"), "key_file": str(d / "state" / "cluster.key")}
+        start_server(d, st)
+        # Pin the port so restarts keep it.
+        st["server"]["argv"][st["server"]["argv"].index("--listen") + 1] = st["server"]["address"]
+        save(d, st)
     ref = _ServerRef(st)
     disks = []
     for k in range(args.disks):
@@ -283,7 +381,12 @@ def heal(st: dict) -> None:
 
 def print_summary(st: dict) -> None:
     print(f"cluster {st['cluster_id']} in {st['dir']} (state: {st['dir']}/cluster.json)")
-    print(f"server  pid {st['server']['pid']}  {st['server']['address']}  log {st['server']['log']}")
+    if st.get("ha"):
+        for k, srv in enumerate(st["ha"]["servers"]):
+            print(f"server{k + 1} pid {srv['pid']}  {srv['address']}  log {srv['log']}")
+        print(f"etcd    {HA_MEMBERS} members (tools/etcd status --dir {st['ha']['etcd_dir']})")
+    else:
+        print(f"server  pid {st['server']['pid']}  {st['server']['address']}  log {st['server']['log']}")
     print(f"volume  {st['volume']} (file NODE_MOUNT/dg/data)   coordinator {st['coordinator']}")
     for i, n in sorted(st["nodes"].items(), key=lambda kv: int(kv[0])):
         print(f"node {i}  pid {n['pid']}  mount {n['mount']}  heartbeat {' '.join(n['heartbeat'])}")
@@ -343,6 +446,8 @@ def down(d: Path, st: dict, quiet: bool = False) -> None:
             stop_pid(b.get("pid"))
             force_unmount(b["mount"])
     stop_pid(st.get("server", {}).get("pid"))
+    if st.get("ha"):
+        stop_ha(st)
     if st.get("hosts"):
         net = HostsNet.from_json(st["hosts"])
         net.destroy()
@@ -373,7 +478,9 @@ def main() -> int:
             ("isolate", "cut a node off from the server, and with --peers from its peers "
                         "(--hosts only)"),
             ("heal", "remove every cut"),
-            ("start-node", "(re)start one node"), ("start-server", "(re)start the server"))]:
+            ("start-node", "(re)start one node"), ("start-server", "(re)start the server"),
+            ("kill-leader", "--ha: kill -9 the leading server"),
+            ("cut-etcd", "--ha: cut a server (default: the leader) off from etcd"))]:
         p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where it lives (default {DEFAULT_DIR})")
         if p.prog.endswith("status"):
             p.add_argument("--json", action="store_true")
@@ -382,6 +489,10 @@ def main() -> int:
         if p.prog.endswith("partition"):
             p.add_argument("side_a", metavar="A")
             p.add_argument("side_b", metavar="B")
+        if p.prog.endswith("kill-leader"):
+            p.add_argument("--restart", action="store_true", help="start it again (a standby)")
+        if p.prog.endswith("cut-etcd"):
+            p.add_argument("server", nargs="?", type=int, metavar="K", help="server number (1, 2)")
         if p.prog.endswith("isolate"):
             p.add_argument("node", metavar="ID")
             p.add_argument("--peers", action="store_true", help="from its peers too")
@@ -403,6 +514,8 @@ def main() -> int:
     up.add_argument("--node-arg", action="append", default=[], metavar="ARG",
                     help="an extra vclient argument for every node (repeat; e.g. "
                          "--node-arg=--watchdog-slack --node-arg=0.3)")
+    up.add_argument("--ha", action="store_true",
+                    help="an HA control plane: 3 etcd members and 2 servers (docs/HA.md)")
     up.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     if args.cmd == "up":
@@ -426,6 +539,23 @@ def main() -> int:
     if args.cmd == "heal":
         heal(st)
         print(f"healed (nft table {st['nft_table']} removed)")
+        return 0
+    if args.cmd in ("kill-leader", "cut-etcd") and not st.get("ha"):
+        raise SystemExit(f"cluster: {args.cmd} needs an HA control plane (tools/cluster up N --ha)")
+    if args.cmd == "kill-leader":
+        kill_leader(d, st, args.restart)
+        return 0
+    if args.cmd == "cut-etcd":
+        k = cut_etcd(st, None if args.server is None else args.server - 1)
+        print(f"server {k + 1} cut off from etcd (nft table {st['nft_table']}; tools/cluster heal)")
+        return 0
+    if args.cmd == "start-server" and st.get("ha"):
+        stopped = [k for k, s in enumerate(st["ha"]["servers"]) if not alive(s.get("pid"))]
+        if not stopped:
+            raise SystemExit("cluster: every server is running")
+        for k in stopped:
+            start_ha_server(d, st, k)
+            print(f"server {k + 1} started (pid {st['ha']['servers'][k]['pid']})")
         return 0
     if args.cmd == "start-server":
         if alive(st["server"].get("pid")):

@@ -10,7 +10,8 @@ from test_delegations import TERMS, FakeSession, call, connect, make_server
 from vserver import ownership, storage
 from vserver.handlers import dispatch
 from vserver.handlers.common import next_config
-from vserver.ownership import DAMAGED, FREE, HELD, MINE, NotOwner, OwnerRecord, judge
+from vserver.ownership import (DAMAGED, FREE, HELD, MINE, SUPERSEDED, Me, NotOwner, OwnerRecord,
+                               judge, superseded)
 from vserver.server import Settings, VolumeServer
 
 
@@ -26,6 +27,49 @@ def test_judging_the_owner_blocks():
     assert judge([rec("me"), DAMAGED], "g", "me")[0] == HELD                # someone writing
     assert judge([rec("me", 1), rec("other", 2)], "g", "me") == (HELD, rec("other", 2))
     assert judge([rec("other", group="older-group")], "g", "me")[0] == FREE  # a reused disk
+
+
+def test_an_ha_leader_supersedes_only_earlier_leaders_of_its_own_control_plane():
+    me = "ha:prod:9"
+    assert superseded("ha:prod:5", me) and not superseded("ha:prod:9", me)
+    assert not superseded("ha:prod:12", me)                 # a later leader: it is deposed
+    assert not superseded("ha:test:5", me)                  # another control plane
+    assert not superseded("5f3a0c", me) and not superseded("ha:prod:x", me)
+    assert judge([rec("ha:prod:5"), rec("ha:prod:5")], "g", me)[0] == SUPERSEDED
+    assert judge([rec("ha:prod:5"), rec("")], "g", me)[0] == SUPERSEDED
+    assert judge([rec("ha:prod:5"), rec("ha:prod:12")], "g", me)[0] == HELD
+    assert judge([rec("ha:prod:5"), DAMAGED], "g", me)[0] == HELD
+    assert judge([rec("ha:test:5")], "g", me)[0] == HELD
+
+
+async def test_a_new_ha_leader_takes_over_at_once_and_a_late_write_of_the_old_one_does_not_win(
+        tmp_path, autojump_clock):
+    a = await make_server(tmp_path)
+    group = a.groups["dg"]
+    fds, gid, terms = group.fds, group.config.id, a.settings.owner
+    try:
+        ownership.release(fds, group.ownership)
+        group.ownership = None
+        old = await ownership.acquire(fds, gid, "dg", Me("ha:c:5"), terms)
+        t0 = trio.current_time()
+        new = await ownership.acquire(fds, gid, "dg", Me("ha:c:9"), terms)
+        assert trio.current_time() - t0 <= terms.settle          # no watching for expiry
+        assert new.took_over and new.epoch == old.epoch + 1     # the caller jumps the generation
+        # The old leader's renewal, frozen before its write, lands now.
+        old.counter += 1
+        ownership.write_all(fds[:1], old.record())
+        await ownership.renew(fds, new, "dg")                   # still ours: rewritten
+        await ownership.confirm(fds, new, "dg")
+        assert ownership.confirms(ownership.read_all(fds), gid, "ha:c:9", new.epoch)
+        with pytest.raises(NotOwner):
+            await ownership.confirm(fds, old, "dg")
+        # A later leader's record is not a late write: the older one steps down.
+        newer = await ownership.acquire(fds, gid, "dg", Me("ha:c:14"), terms)
+        with pytest.raises(NotOwner, match="took it over"):
+            await ownership.renew(fds, new, "dg")
+        assert newer.took_over
+    finally:
+        a.close(release=False)
 
 
 def test_owner_terms_are_checked():
