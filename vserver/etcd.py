@@ -91,6 +91,9 @@ class EtcdClient:
         for i in range(n):
             idx = (self._current + i) % n
             url = f"{self.endpoints[idx]}/v3/{path}"
+            # Point at the next member while waiting: if the caller gives up on a
+            # member that hangs (a cancelled keep-alive), its next call asks another.
+            self._current = (idx + 1) % n
             try:
                 self.calls += 1
                 r = await self._http.post(url, json=body)
