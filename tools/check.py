@@ -27,6 +27,11 @@ end the checker reads every plex straight from the images and judges
   (f) no extent is allocated twice across the volumes of the group (nor in a
       disk's private region).
 
+With --ha the control plane is 3 etcd members and 2 servers (tools/cluster up
+--ha), and the nemesis also kills the leader (-9, restarted as a standby), cuts it
+off from etcd, freezes it past its etcd lease and wakes it, and kills it right
+after partitioning the nodes (the survivors' fence goes to the new leader).
+
 A row per trial, a summary, exit status 1 on any violation. A failing trial keeps
 its directory (logs, cluster.json, images) and prints the command replaying it.
 SIGINT or SIGTERM stops after the current trial (its cluster taken down, the
@@ -68,8 +73,11 @@ from vclient import selftest
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
 FAULTS = ("partition", "pause", "partition-pause-racer", "kill", "server-restart", "stall",
-          "isolate", "isolate-server")
+          "isolate", "isolate-server", "kill-leader", "partition-etcd", "pause-leader",
+          "partition-kill-leader")
 HOSTS_ONLY = ("isolate", "isolate-server")      # they cut one node's links to the server
+HA_ONLY = ("kill-leader", "partition-etcd", "pause-leader", "partition-kill-leader")
+NOT_HA = ("server-restart",)                    # one server: --ha has kill-leader instead
 SLOTS_PER_NODE = 64
 MOUNT_GONE = {errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV}   # its node was killed
 # Self-tests: a deliberately broken build or run, and the verdict it must draw.
@@ -328,6 +336,32 @@ class Trial:
             self.status()                      # keep the history the kill will erase
             self.fault("kill-node", n)
             self.lose(t0, f"node {n} killed")
+        elif fault == "kill-leader":
+            self.fault("kill-leader", "--restart")
+            self.notes.append("leader killed (-9) and restarted as a standby")
+            self.wait(self.all_members, 30, "the nodes after the leader's kill")
+            return
+        elif fault == "partition-etcd":
+            self.fault("partition-etcd")
+            time.sleep(self.rnd.uniform(3.0, 6.0))        # past the etcd lease: a new leader
+            self.fault("heal")
+            self.notes.append(f"leader cut off from etcd for {time.time() - t0:.1f}s")
+            self.wait(self.all_members, 30, "the nodes after the etcd cut")
+            return
+        elif fault == "pause-leader":
+            pid = self.vctl_json("status")["server"]["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(self.rnd.uniform(3.0, 6.0))
+            os.kill(pid, signal.SIGCONT)
+            self.notes.append(f"leader (pid {pid}) frozen for {time.time() - t0:.1f}s")
+            self.wait(self.all_members, 30, "the nodes after the leader's freeze")
+            return
+        elif fault == "partition-kill-leader":
+            a, b = self.split()
+            self.fault("partition", ",".join(a), ",".join(b))
+            time.sleep(self.rnd.uniform(0.0, 1.5))          # before, during or after the race
+            self.fault("kill-leader", "--restart")
+            self.lose(t0, f"partition {','.join(a)}|{','.join(b)} with the leader killed", (a, b))
         elif fault == "server-restart":
             self.fault("restart-server", "--kill", "--down-for", f"{self.rnd.uniform(0.2, 2.0):.2f}")
             self.notes.append("server killed and restarted")
@@ -344,6 +378,7 @@ class Trial:
         try:
             self.sh(TOOLS / "cluster", "up", str(self.args.nodes), "--dir", self.dir, "--quiet",
                     "--pause-timeout", "5", *(["--hosts"] if self.args.hosts else []),
+                    *(["--ha"] if self.args.ha else []),
                     *(["--node-arg=--watchdog", "--node-arg=off"]
                       if self.args.self_test == "no-watchdog" else []), timeout=180)
             self.wait(self.all_members, 40, "the cluster to form")
@@ -407,9 +442,17 @@ class Trial:
                 os.stat(node["mount"])
             except OSError as exc:
                 self.violations.append(f"(d) node {n}'s mount is broken: {exc.strerror}")
-        if not alive(st["server"].get("pid")):
+        if st.get("ha"):
+            for k, srv in enumerate(st["ha"]["servers"]):
+                if not alive(srv.get("pid")):
+                    self.violations.append(f"(d) server {k + 1} is not running")
+            try:
+                self.vctl_json("status")
+            except TrialFailed as exc:
+                self.violations.append(f"(d) no server leads at the end: {exc}")
+        elif not alive(st["server"].get("pid")):
             self.violations.append("(d) the server is not running")
-        for log in list(self.dir.glob("node*.log")) + [self.dir / "vserver.log"]:
+        for log in list(self.dir.glob("node*.log")) + list(self.dir.glob("vserver*.log")):
             text = log.read_text(errors="replace") if log.exists() else ""
             if "Traceback" in text or "internal error" in text:
                 self.violations.append(f"(d) {log.name} has a traceback")
@@ -529,6 +572,8 @@ def main() -> int:
                                       f"all; {', '.join(HOSTS_ONLY)} only with --hosts)")
     ap.add_argument("--hosts", action="store_true",
                     help="run every trial on the hosts test bed (tools/cluster up --hosts)")
+    ap.add_argument("--ha", action="store_true",
+                    help="an HA control plane (3 etcd members, 2 servers) and leader faults")
     ap.add_argument("--dir", default=str(ROOT / "check-runs"), help="where trials run")
     ap.add_argument("--keep", action="store_true", help="keep every trial's directory")
     ap.add_argument("--json", action="store_true", help="print the results as JSON at the end")
@@ -543,12 +588,19 @@ def main() -> int:
         if explicit and set(args.faults) & set(HOSTS_ONLY):
             ap.error(f"faults {', '.join(HOSTS_ONLY)} need --hosts")
         args.faults = [f for f in args.faults if f not in HOSTS_ONLY]
+    if args.ha and args.hosts:
+        ap.error("--ha does not combine with --hosts yet")
+    drop = NOT_HA if args.ha else HA_ONLY
+    if explicit and set(args.faults) & set(drop):
+        ap.error(f"faults {', '.join(sorted(set(args.faults) & set(drop)))} "
+                 + ("do not apply with --ha" if args.ha else "need --ha"))
+    args.faults = [f for f in args.faults if f not in drop]
     if args.nodes < 2:
         ap.error("at least 2 nodes")
     base = Path(args.dir).resolve() / f"seed-{args.seed}"
     base.mkdir(parents=True, exist_ok=True)
     print(f"tools/check: seed {args.seed}, {args.trials} trials, {args.nodes} nodes"
-          f"{' on separate hosts' if args.hosts else ''}, faults {','.join(args.faults)}; runs in {base}")
+          f"{' on separate hosts' if args.hosts else ''}{' with an HA control plane' if args.ha else ''}, faults {','.join(args.faults)}; runs in {base}")
     print(f"{'trial':>5}  {'result':9}  {'secs':>5}  {'writes':>6}  {'acked':>5}  {'takeovers':>9}  "
           f"{'wd kills':>8}  faults")
     results, failed = [], []
@@ -583,7 +635,7 @@ def main() -> int:
             failed.append(i)
             print(f"{'':>7}  kept {trial.dir}; replay: tools/check --seed {args.seed} "
                   f"--first-trial {i} --trials 1 --nodes {args.nodes} --faults {','.join(args.faults)}"
-                  + (" --hosts" if args.hosts else ""))
+                  + (" --hosts" if args.hosts else "") + (" --ha" if args.ha else ""))
     writes = sum(r["writes"] for r in results)
     acked = sum(r["acked"] for r in results)
     takeovers = sum(r["takeovers"] for r in results)

@@ -127,6 +127,18 @@ class VolumeServer:
         self.settings = settings
         self.dispatch = dispatch
         self.terms = settings.lease
+        # The owner stops granting and renewing delegations a lease + margin before
+        # its owner lease could lapse: a delegation it renewed then has ended before
+        # another server can take the group over (docs/OPERATIONS.md).
+        need = settings.lease.duration + settings.lease.margin
+        if settings.owner.guard < need:
+            o = settings.owner
+            if 2 * o.renew > o.expiry - need:
+                raise InvalidArgument(
+                    f"owner lease {o.expiry:g}s is too short for the delegation lease: it must be "
+                    f"at least lease + margin + 2 x its renewal interval "
+                    f"({need + 2 * o.renew:g}s)")
+            settings.owner = dataclasses.replace(o, guard=need)
         self.table = DelegationTable(self.terms)
         self.server_id = ""
         self.key = b""
@@ -335,6 +347,14 @@ class VolumeServer:
                                         f"newer than this server's {group.config.generation}: "
                                         "another server managed the group since")
                 raise ownership.NotOwner(f"disk group {group.name}: {group.ownership.lost}")
+
+    def owner_is_fresh(self, group: Group) -> bool:
+        """May this server renew delegations on ``group`` without re-reading its
+        owner lease? Yes while its last renewal is recent enough (guard)."""
+        own = group.ownership
+        if own is None:              # an in-process server that never claimed (tests)
+            return True
+        return not own.lost and trio.current_time() - own.renewed_at < own.terms.expiry - own.terms.guard
 
     async def check_disk_owner(self, disk: Disk) -> None:
         """Before writing ``disk``'s reservation table: its group must be ours."""

@@ -11,7 +11,9 @@ from testbed.processes import Server, vctl, vctl_json
 
 pytestmark = pytest.mark.integration
 
-LEASE = ("--owner-lease", "2")          # renew every 0.4 s; taken over after 2 s of silence
+# Renewed every 0.6 s, taken over after 3 s of silence; short delegation leases, as
+# the owner stops renewing them a lease + margin before its owner lease could lapse.
+LEASE = ("--owner-lease", "3", "--lease", "1", "--lease-margin", "0.3", "--lease-guard", "0.2")
 
 
 def offsets(server, volume):

@@ -169,3 +169,46 @@ async def test_a_released_group_is_claimed_at_once_and_a_restart_keeps_its_own(t
         assert [v["volume"] for v in result["volumes"]] == ["v"]
     finally:
         b.close()
+
+
+async def test_an_owner_whose_lease_renewals_stall_stops_renewing_delegations_first(
+        tmp_path, autojump_clock, monkeypatch):
+    """A's owner-lease renewals stop (its disk I/O stalls, say) while it keeps
+    answering nodes from memory. Before B can take the group over, A must have
+    stopped renewing delegations for a lease + margin: else A's node writes on
+    under a renewed lease while B grants the volume to another node."""
+    a = await make_server(tmp_path)
+    b = await second_server(tmp_path)
+    img = str(tmp_path / "d1.img")
+    try:
+        write_all = ownership.write_all
+
+        def a_cannot_write(fds, rec):               # A's writes to its disks stall and fail
+            if rec.owner == a.server_id:
+                raise OSError(5, "I/O error")
+            write_all(fds, rec)
+
+        monkeypatch.setattr(ownership, "write_all", a_cannot_write)
+        n1 = connect(a, 1)
+        deleg = (await call(a, n1, "attach", volume="dg/v"))["delegation"]["id"]
+        renewed = []
+
+        async def node_renews():                    # A's node, renewing every second
+            while True:
+                await trio.sleep(1)
+                sent = trio.current_time()
+                result = (await call(a, n1, "renew", delegations=[deleg]))["results"][deleg]
+                if result["ok"]:
+                    renewed.append(sent)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node_renews)
+            await call(b, FakeSession(), "dg_import", name="dg", paths=[img])
+            taken_over = trio.current_time()
+            nursery.cancel_scope.cancel()
+        assert renewed, "A never renewed"
+        # The node's last lease (counted from its request) ended before the takeover.
+        assert renewed[-1] + TERMS.duration + TERMS.margin <= taken_over
+    finally:
+        b.close()
+        a.close(release=False)
