@@ -424,7 +424,10 @@ class Trial:
                 self.check_health(status)
                 if self.args.self_test == "lost-ack":
                     self.lose_an_acknowledged_write()
-                self.check_records()
+                try:
+                    self.check_records()
+                except (TrialFailed, subprocess.TimeoutExpired) as exc:
+                    self.violations.append(f"(d) the records could not be checked: {exc}")
         finally:
             if (self.dir / "cluster.json").exists():
                 self.sh(TOOLS / "cluster", "down", "--dir", self.dir, check=False)

@@ -170,9 +170,9 @@ async def serve_ha(settings: Settings) -> None:
             state, delegations = await leadership.load()
             server.leader = leadership
             server.load_shared(state or {}, delegations or [])
-            nursery.start_soon(_watch_leadership, leadership, nursery.cancel_scope)
             await nursery.start(server.serve)
             await leadership.lost.wait()
+            nursery.cancel_scope.cancel()       # stop serving at once
     finally:
         lost = leadership.lost.is_set()
         server.close(release=not lost)
@@ -182,11 +182,6 @@ async def serve_ha(settings: Settings) -> None:
         log.info("stopped" if not lost else "stopped serving: leadership lost")
     if lost:
         raise LostLeadership(leadership.lost_reason)
-
-
-async def _watch_leadership(leadership: Leadership, scope: trio.CancelScope) -> None:
-    await leadership.lost.wait()
-    scope.cancel()
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -144,6 +144,7 @@ class VolumeServer:
         self.key = b""
         self.disks: dict[str, Disk] = {}          # disk id -> open disk
         self.disk_errors: list[dict] = []         # known disks that could not be opened
+        self.group_errors: dict[str, str] = {}    # known groups not loaded: name -> why
         self.groups: dict[str, Group] = {}
         self.sessions: dict[int, Session] = {}    # node id -> session
         self.admin_sessions: set[Session] = set()
@@ -233,6 +234,7 @@ class VolumeServer:
                 group = group_from_disks(name, members)
             except FencevolError as exc:
                 log.error("disk group %s not loaded: %s", name, exc)
+                self.group_errors[name] = str(exc)
                 continue
             for p in group.problems():
                 log.error("disk group %s: %s", name, p)
@@ -253,6 +255,10 @@ class VolumeServer:
                 continue
             t = disk.pr
             before = t.generation
+            if self.server_key in t.preempted:
+                # Another server took the group over and preempted our key. Servers are
+                # kept apart by the owner lease, which we hold again now, not by PR.
+                t.forget_tombstone(self.server_key)
             if self.server_key not in t.registrations:
                 t.register(self.server_key, 0, time.time())
             res = t.reservation
@@ -268,7 +274,8 @@ class VolumeServer:
     def _shared_state(self) -> dict:
         return {"disks": [{"id": d.id, "path": d.path} for d in self.disks.values()]
                          + [{"id": e["id"], "path": e["path"]} for e in self.disk_errors],
-                "groups": sorted(self.groups)}
+                # A group that did not load stays known: a later start may load it.
+                "groups": sorted(set(self.groups) | set(self.group_errors))}
 
     def _write_state_file(self) -> None:
         statefile.write(self.state_path, {"server_id": self.server_id, **self._shared_state()})
@@ -369,10 +376,15 @@ class VolumeServer:
         for name, group in list(self.groups.items()):
             try:
                 await self.claim(group)
-                await trio.to_thread.run_sync(self.ensure_reservations, group)
             except FencevolError as exc:
                 log.error("disk group %s not loaded: %s", name, exc)
+                self.group_errors[name] = str(exc)
                 del self.groups[name]
+                continue
+            try:
+                await trio.to_thread.run_sync(self.ensure_reservations, group)
+            except (FencevolError, OSError) as exc:      # owned and served all the same
+                log.error("disk group %s: server reservation not ensured: %s", name, exc)
 
     async def _ownership_loop(self) -> None:
         while True:

@@ -212,3 +212,31 @@ async def test_an_owner_whose_lease_renewals_stall_stops_renewing_delegations_fi
     finally:
         b.close()
         a.close(release=False)
+
+
+async def test_a_server_gets_its_group_back_after_another_preempted_its_key(tmp_path, autojump_clock):
+    """B takes the group over and preempts A's reservation key (a tombstone). When
+    A owns the group again (B stopped; or, with etcd, leadership went back to A), A
+    must serve it: servers are kept apart by the owner lease, not by tombstones.
+    Found by tools/check --ha: a leader that got the group back dropped it."""
+    a = await make_server(tmp_path)
+    img = str(tmp_path / "d1.img")
+    a_key = a.server_key
+    a.close()
+    b = await second_server(tmp_path)
+    try:
+        await call(b, FakeSession(), "dg_import", name="dg", paths=[img])
+        disk = next(iter(b.groups["dg"].disks.values()))
+        assert a_key in disk.pr.preempted
+    finally:
+        b.close()
+    a = VolumeServer(Settings(state_dir=str(tmp_path / "state"), lease=TERMS))
+    a.open_state()
+    try:
+        await a.claim_loaded_groups()
+        assert "dg" in a.groups and not a.group_errors
+        pr = next(iter(a.groups["dg"].disks.values())).pr
+        assert a_key in pr.registrations and pr.reservation[0] == a_key
+        await call(a, connect(a, 1), "attach", volume="dg/v")
+    finally:
+        a.close()

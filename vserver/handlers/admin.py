@@ -206,6 +206,7 @@ async def op_dg_import(srv: VolumeServer, sess: Session, req: m.DgImportRequest,
                 d.close()
         await trio.to_thread.run_sync(srv.ensure_reservations, group)
         srv.groups[name] = group
+        srv.group_errors.pop(name, None)
         await srv.save_state()
     for p in group.problems():
         log.error("disk group %s: %s", name, p)
