@@ -153,36 +153,42 @@ def build_parser() -> argparse.ArgumentParser:
 async def _call(args, req: Message) -> dict:
     """Ask the servers in turn: one that cannot be reached, or is not the leader
     (NotLeader: the request was not run), is skipped. A request that was sent and
-    got no answer is not sent again elsewhere -- it may have run."""
+    got no answer is not sent again elsewhere -- it may have run. With several
+    servers and none leading (an election under way), ask again until --timeout."""
     key = auth.load_key_file(args.key_file)
     servers = parse_servers(args.server or os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER),
                             DEFAULT_PORT)
     ctx = tls.client_context(args.tls_ca) if args.tls_ca else None
-    skipped = []
+    skipped: list[str] = []
     try:
         with trio.fail_after(args.timeout):
-            for address in servers:
-                sent = False
-                try:
-                    async with open_client(address, key, "admin", tls=ctx) as client:
-                        sent = True
-                        result, _ = await client.call(req.OP, req.to_wire())
-                except NotLeader as exc:
-                    skipped.append(f"{_where(address)}: {exc}")
-                    continue
-                except Unavailable as exc:
-                    if sent:
-                        raise
-                    skipped.append(str(exc))
-                    continue
-                reply_of(req.OP, result)       # the reply is checked against its type
-                return result
+            while True:
+                skipped = []
+                for address in servers:
+                    sent = False
+                    try:
+                        async with open_client(address, key, "admin", tls=ctx) as client:
+                            sent = True
+                            result, _ = await client.call(req.OP, req.to_wire())
+                    except NotLeader as exc:
+                        skipped.append(f"{_where(address)}: {exc}")
+                        continue
+                    except Unavailable as exc:
+                        if sent:
+                            raise
+                        skipped.append(str(exc))
+                        continue
+                    reply_of(req.OP, result)       # the reply is checked against its type
+                    return result
+                if len(servers) == 1:
+                    raise Unavailable(skipped[0])
+                await trio.sleep(0.2)
     except trio.TooSlowError:
+        if len(servers) > 1 and skipped:
+            raise Unavailable(f"no server led within {args.timeout:g}s: "
+                              + "; ".join(skipped)) from None
         raise Unavailable(f"server {', '.join(map(_where, servers))} did not answer within "
                           f"{args.timeout:g}s") from None
-    if len(servers) == 1:
-        raise Unavailable(skipped[0])
-    raise Unavailable("no server is leading: " + "; ".join(skipped))
 
 
 def _where(address: tuple[str, int]) -> str:

@@ -79,6 +79,9 @@ def test_leader_kill_under_fio_is_invisible_to_io(ha):
     runs = {i: fio(nodes[i].path(f"dg/v{i}"), 14) for i in NODES}
     time.sleep(4)                                        # fio is running on every node
     old, killed_at = plane.kill_leader()
+    # vctl given both servers waits out the election instead of failing on it.
+    st = json.loads(vctl(plane, "status", "--json").stdout)
+    assert st["server"]["listen"] != plane.addresses[old] and st["server"]["ha"]["epoch"] > 0
     new = plane.wait_leader(30, other_than=old)
     wait_for(lambda: all_reclaimed(plane, new), 30, "every delegation reclaimed from the new leader")
     failover = time.monotonic() - killed_at
