@@ -115,7 +115,8 @@ class Leadership:
     def _lose(self, reason: str) -> None:
         if not self.lost.is_set():
             self.lost_reason = reason
-            log.error("leadership lost: %s", reason)
+            log.error("%s: %s", "leadership lost" if self.epoch else
+                      "etcd lease lost while standing by", reason)
             self.lost.set()
 
     # -- the lease -----------------------------------------------------------------------------
@@ -145,10 +146,11 @@ class Leadership:
             await trio.sleep_until(t0 + self.terms.keepalive_interval)
 
     async def campaign(self) -> None:
-        """Stand by until this server is the leader."""
+        """Stand by until this server is the leader, or until its etcd lease ran
+        out while it stood by (``lost``: the caller starts over with a new one)."""
         await self._granted.wait()
         seen = None
-        while True:
+        while not self.lost.is_set():
             try:
                 ok, rev, resp = await self.client.txn(
                     [etcd.cmp_create_revision(self.leader_key, 0)],

@@ -167,11 +167,12 @@ async def serve_ha(settings: Settings) -> None:
             log.info("HA cluster %s on etcd %s: standing by until elected", settings.ha.cluster,
                      ",".join(settings.ha.endpoints))
             await leadership.campaign()
-            state, delegations = await leadership.load()
-            server.leader = leadership
-            server.load_shared(state or {}, delegations or [])
-            await nursery.start(server.serve)
-            await leadership.lost.wait()
+            if not leadership.lost.is_set():
+                state, delegations = await leadership.load()
+                server.leader = leadership
+                server.load_shared(state or {}, delegations or [])
+                await nursery.start(server.serve)
+                await leadership.lost.wait()
             nursery.cancel_scope.cancel()       # stop serving at once
     finally:
         lost = leadership.lost.is_set()

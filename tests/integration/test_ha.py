@@ -189,3 +189,25 @@ def test_frozen_leader_wakes_deposed(ha):
             os.fsync(f.fileno())
     log = plane.servers[old].log_text()
     assert "leadership lost" in log
+
+
+@pytest.mark.timeout(120)
+def test_a_standby_whose_etcd_lease_ran_out_starts_over_and_can_lead(tmp_path):
+    """A standby cut off from etcd longer than its lease comes back with a new
+    lease (it starts over), so it can still take over from the leader."""
+    plane = HaControlPlane(tmp_path / "ha", servers=2, members=3)
+    try:
+        plane.start()
+        leader = plane.leader()
+        standby = 1 - leader
+        plane.cut_from_etcd(standby)
+        leases = lambda: plane.etcd.call("lease/leases", {}).get("leases", [])  # noqa: E731
+        wait_for(lambda: len(leases()) == 1, 30, "the standby's etcd lease to run out")
+        plane.heal()
+        wait_for(lambda: "starting over as a standby" in plane.servers[standby].log_text(), 30,
+                 "the standby to start over")
+        wait_for(lambda: len(leases()) == 2, 30, "the standby's new etcd lease")
+        plane.servers[leader].kill()
+        assert plane.wait_leader(30) == standby
+    finally:
+        plane.stop()
