@@ -40,6 +40,7 @@ import zlib
 from pathlib import Path
 
 from testbed.etcd import EtcdCluster
+from testbed.ha import find_leader
 from testbed.netfaults import free_ports, free_udp_ports, Nft
 from testbed.processes import (
     ENV,
@@ -157,20 +158,23 @@ def start_ha_server(d: Path, st: dict, k: int) -> None:
 
 def ha_leader(st: dict) -> int | None:
     """The index of the server that answers as the leader, if one does."""
-    for k, srv in enumerate(st["ha"]["servers"]):
-        if alive(srv.get("pid")):
-            cp = subprocess.run([str(VENV_BIN / "vctl"), "--server", srv["address"], "--key-file",
-                                 st["server"]["key_file"], "--timeout", "2", "status", "--json"],
-                                capture_output=True, text=True, timeout=20)
-            if cp.returncode == 0:
-                return k
-    return None
+    servers = st["ha"]["servers"]
+    return find_leader([s["address"] for s in servers], st["server"]["key_file"],
+                       lambda k: alive(servers[k].get("pid")))
+
+
+def current_leader(st: dict, timeout: float = 15) -> int:
+    """The leading server's index, waiting out an election in progress."""
+    try:
+        found = wait_for(lambda: (k := ha_leader(st)) is not None and (k,), timeout, "a leader",
+                         interval=0.2)
+        return found[0]                 # (index,): index 0 is a leader too
+    except TimeoutError:
+        raise SystemExit(f"cluster: no server has led for {timeout:g}s") from None
 
 
 def kill_leader(d: Path, st: dict, restart: bool) -> None:
-    k = ha_leader(st)
-    if k is None:
-        raise SystemExit("cluster: no server is leading")
+    k = current_leader(st)
     srv = st["ha"]["servers"][k]
     os.kill(srv["pid"], signal.SIGKILL)
     wait_for(lambda: not alive(srv["pid"]), 10, f"server {k + 1} to die")
@@ -182,9 +186,7 @@ def kill_leader(d: Path, st: dict, restart: bool) -> None:
 
 def cut_etcd(st: dict, k: int | None) -> int:
     if k is None:
-        k = ha_leader(st)
-        if k is None:
-            raise SystemExit("cluster: no server is leading")
+        k = current_leader(st)
     if not 0 <= k < len(st["ha"]["servers"]):
         raise SystemExit(f"cluster: no server {k + 1}")
     etcd = EtcdCluster.load(Path(st["ha"]["etcd_dir"]))

@@ -178,7 +178,9 @@ def cmd_run(args) -> int:
             join_timeout=args.join_timeout, race_timeout=args.race_timeout,
             auto_join=not args.no_join)
     opts = NodeOptions(
-        node_id=args.node_id, servers=parse_servers(args.server or os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER), 7745), key_file=args.key_file,
+        node_id=args.node_id,
+        servers=parse_servers(args.server or os.environ.get("FENCEVOL_SERVER", DEFAULT_SERVER), 7745),
+        key_file=args.key_file,
         mount=os.path.abspath(args.mount), attach=args.attach, pause_timeout=args.pause_timeout,
         control_path=args.control or "", disk_paths=dict(args.disk_path),
         remote_disks=set(args.remote_disk), max_tasks=args.max_tasks,

@@ -240,7 +240,7 @@ async def renew(fds: list[int], own: Ownership, group_name: str) -> None:
     if own.lost:
         raise NotOwner(own.lost)
     readings = read_all(fds)
-    if not _still_ours(readings, own):
+    if _standing(readings, own) is None:
         raise _lost(readings, own, group_name)
     own.counter += 1
     t0 = trio.current_time()
@@ -248,15 +248,19 @@ async def renew(fds: list[int], own: Ownership, group_name: str) -> None:
     own.renewed_at = t0
 
 
-def _still_ours(readings: list[Reading], own: Ownership) -> bool:
+OURS, LATE_WRITE = "ours", "late write"
+
+
+def _standing(readings: list[Reading], own: Ownership) -> str | None:
+    """OURS; LATE_WRITE (still ours, but a superseded leader's late write is on a
+    disk: rewrite ours); or None (lost)."""
     if confirms(readings, own.group, own.me.server_id, own.epoch):
-        return True
+        return OURS
     if only_late_writes(readings, own.group, own.me.server_id, own.epoch):
         log.warning("disk group %s: a late write of an earlier leader on its owner lease; "
                     "rewriting ours", own.group)
-        own.renewed_at = -1e18          # confirm rewrites and reads back
-        return True
-    return False
+        return LATE_WRITE
+    return None
 
 
 def _lost(readings: list[Reading], own: Ownership, group_name: str) -> NotOwner:
@@ -271,23 +275,25 @@ async def confirm(fds: list[int], own: Ownership, group_name: str) -> None:
     """Before a metadata write: is the group still ours? Our epoch must be on every
     disk. If the last renewal is older than ``expiry - guard`` (this server was
     frozen, or its renewals failed), another server may be about to claim it:
-    renew now and read back after ``settle``, as a claim does."""
+    renew now and read back after ``settle``, as a claim does. Disks that cannot
+    be read or written: NotOwner (the group cannot be confirmed)."""
     if own.lost:
         raise NotOwner(f"disk group {group_name}: {own.lost}")
     try:
         readings = read_all(fds)        # one 4 KiB O_DIRECT read per disk, on the loop
+        standing = _standing(readings, own)
+        if standing is None:
+            raise _lost(readings, own, group_name)
+        if standing == OURS and trio.current_time() - own.renewed_at < own.terms.expiry - own.terms.guard:
+            return
+        own.counter += 1
+        t0 = trio.current_time()
+        await trio.to_thread.run_sync(write_all, fds, own.record())
+        await trio.sleep(own.terms.settle)
+        readings = read_all(fds)
     except OSError as exc:
-        raise NotOwner(f"disk group {group_name}: cannot read its owner lease: {exc}") from None
-    if not _still_ours(readings, own):
-        raise _lost(readings, own, group_name)
-    if trio.current_time() - own.renewed_at < own.terms.expiry - own.terms.guard:
-        return
-    own.counter += 1
-    t0 = trio.current_time()
-    await trio.to_thread.run_sync(write_all, fds, own.record())
-    await trio.sleep(own.terms.settle)
-    readings = read_all(fds)
-    if not _still_ours(readings, own):
+        raise NotOwner(f"disk group {group_name}: cannot renew its owner lease: {exc}") from None
+    if _standing(readings, own) is None:
         raise _lost(readings, own, group_name)
     own.renewed_at = t0
 

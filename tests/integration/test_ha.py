@@ -33,6 +33,7 @@ NODES = (1, 2, 3)
 def ha(tmp_path):
     plane = HaControlPlane(tmp_path / "ha", servers=2, members=3)
     nodes: dict[int, Client] = {}
+    runs: list[subprocess.Popen] = []           # fio processes: none outlives the test
     try:
         plane.start()
         for p in ("d1", "d2"):
@@ -43,18 +44,28 @@ def ha(tmp_path):
             vctl(plane, "vol", "create", "dg", f"v{i}", "24M")
         for i in NODES:
             nodes[i] = Client(plane, i, tmp_path, f"dg/v{i}").start()
-        yield plane, nodes
+        yield plane, nodes, runs
     finally:
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
         for c in nodes.values():
             c.stop()
         plane.stop()
 
 
-def fio(path, runtime: float) -> subprocess.Popen:
-    return subprocess.Popen(
+def fio(runs: list, path, runtime: float) -> subprocess.Popen:
+    runs.append(subprocess.Popen(
         ["fio", "--name=ha", f"--filename={path}", "--rw=randrw", "--bs=4k", "--size=16M",
          "--ioengine=psync", "--direct=1", "--time_based", f"--runtime={runtime}",
-         "--output-format=json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--output-format=json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return runs[-1]
+
+
+def writing(nodes: dict[int, Client]) -> bool:
+    """Has fio written a MiB through every node's mount yet?"""
+    return all(nodes[i].volume_status(f"dg/v{i}")["bytes_written"] >= 1 << 20 for i in NODES)
 
 
 def fio_result(proc: subprocess.Popen) -> dict:
@@ -75,9 +86,9 @@ def all_reclaimed(plane: HaControlPlane, k: int) -> bool:
 
 @pytest.mark.timeout(180)
 def test_leader_kill_under_fio_is_invisible_to_io(ha):
-    plane, nodes = ha
-    runs = {i: fio(nodes[i].path(f"dg/v{i}"), 14) for i in NODES}
-    time.sleep(4)                                        # fio is running on every node
+    plane, nodes, procs = ha
+    runs = {i: fio(procs, nodes[i].path(f"dg/v{i}"), 14) for i in NODES}
+    wait_for(lambda: writing(nodes), 30, "fio writing on every node")
     old, killed_at = plane.kill_leader()
     # vctl given both servers waits out the election instead of failing on it.
     st = json.loads(vctl(plane, "status", "--json").stdout)
@@ -136,13 +147,13 @@ class Prober:
 
 @pytest.mark.timeout(180)
 def test_leader_cut_off_from_etcd_stops_before_the_other_starts(ha):
-    plane, nodes = ha
+    plane, nodes, procs = ha
     old = plane.leader()
     other = 1 - old
-    runs = {i: fio(nodes[i].path(f"dg/v{i}"), 14) for i in NODES}
+    runs = {i: fio(procs, nodes[i].path(f"dg/v{i}"), 14) for i in NODES}
     probes = {old: Prober(plane, old), other: Prober(plane, other)}
     try:
-        time.sleep(2)
+        wait_for(lambda: writing(nodes) and probes[old].answered, 30, "fio writing, the leader answering")
         cut_at = time.monotonic()
         plane.cut_from_etcd(old)
         plane.wait_leader(30, other_than=old)
@@ -169,7 +180,7 @@ def test_leader_cut_off_from_etcd_stops_before_the_other_starts(ha):
 
 @pytest.mark.timeout(180)
 def test_frozen_leader_wakes_deposed(ha):
-    plane, nodes = ha
+    plane, nodes, _ = ha
     old = plane.leader()
     pid = plane.servers[old].pid
     os.kill(pid, signal.SIGSTOP)

@@ -19,6 +19,24 @@ from .netfaults import Nft, free_ports
 from .processes import ENV, VENV_BIN, Server, wait_for
 
 
+def leader_status(address: str, key_file: str, timeout: float = 2) -> dict | None:
+    """The status of the server at ``address`` if it answers as the leader, else
+    None (a standby does not listen; a leader in doubt answers not_leader)."""
+    cp = subprocess.run([str(VENV_BIN / "vctl"), "--server", address, "--key-file", key_file,
+                         "--timeout", str(timeout), "status", "--json"], env=ENV,
+                        capture_output=True, text=True, timeout=timeout + 10)
+    return json.loads(cp.stdout) if cp.returncode == 0 else None
+
+
+def find_leader(addresses: list[str], key_file: str, running) -> int | None:
+    """The index of the address whose server leads; ``running(k)``: is server k's
+    process alive (a dead one is not asked)."""
+    for k, address in enumerate(addresses):
+        if running(k) and leader_status(address, key_file):
+            return k
+    return None
+
+
 class HaControlPlane:
     def __init__(self, workdir: Path, servers: int = 2, members: int = 3, etcd_lease: int = 2,
                  extra: tuple[str, ...] = ()):
@@ -63,16 +81,12 @@ class HaControlPlane:
 
     def status(self, k: int, timeout: float = 2) -> dict | None:
         """Server ``k``'s status if it answers as the leader, else None."""
-        cp = subprocess.run([str(VENV_BIN / "vctl"), "--server", self.addresses[k], "--timeout",
-                             str(timeout), "status", "--json"], env=self.env, capture_output=True,
-                            text=True, timeout=timeout + 10)
-        return json.loads(cp.stdout) if cp.returncode == 0 else None
+        return leader_status(self.addresses[k], self.key_file, timeout)
 
     def leader(self) -> int | None:
-        for k in range(len(self.servers)):
-            if self.servers[k].proc and self.servers[k].proc.poll() is None and self.status(k):
-                return k
-        return None
+        return find_leader(self.addresses, self.key_file,
+                           lambda k: self.servers[k].proc is not None
+                           and self.servers[k].proc.poll() is None)
 
     def wait_leader(self, timeout: float = 30, other_than: int | None = None) -> int:
         def found():

@@ -205,28 +205,34 @@ async def _grant(srv: VolumeServer, sess: Session, group: Group, vol: Volume, ke
     return _delegation_reply(srv, d, group, vol), b""
 
 
+async def _owner_problem(srv: VolumeServer, dg: str,
+                         cache: dict[str, FencevolError | None]) -> FencevolError | None:
+    """Why this server may not extend access to group ``dg`` now, if it may not: its
+    owner lease is stale (disk I/O stalled, or the group was lost) and reading it
+    back failed. None while the lease is fresh -- the usual case, no I/O."""
+    group = srv.groups.get(dg)
+    if group is None or srv.owner_is_fresh(group):
+        return None
+    if dg not in cache:
+        try:
+            await srv.check_owner(group)
+            cache[dg] = None
+        except FencevolError as exc:
+            cache[dg] = exc
+    return cache[dg]
+
+
 @op("renew", role="node")
 async def op_renew(srv: VolumeServer, sess: Session, req: m.RenewRequest, payload):
     now = trio.current_time()
     results = {}
-    owner_problem: dict[str, FencevolError | None] = {}     # per group, checked once
+    not_owner: dict[str, FencevolError | None] = {}     # per group, checked once
     for i in req.delegations:
         d = srv.table.by_id.get(i)
-        group = srv.groups.get(d.volume.split("/")[0]) if d is not None else None
-        if group is not None and d.node == sess.node and not srv.owner_is_fresh(group):
-            # Its owner lease is stale (disk I/O stalled, or it was lost): read it
-            # before extending anyone's access to the group.
-            if group.name not in owner_problem:
-                try:
-                    await srv.check_owner(group)
-                    owner_problem[group.name] = None
-                except FencevolError as exc:
-                    owner_problem[group.name] = exc
-                except OSError as exc:
-                    owner_problem[group.name] = Unavailable(
-                        f"disk group {group.name}: its owner lease cannot be renewed: {exc}")
-            if owner_problem[group.name] is not None:
-                results[i] = m.RenewResult(False, "expired", owner_problem[group.name].to_wire())
+        if d is not None and d.node == sess.node:
+            problem = await _owner_problem(srv, d.volume.split("/")[0], not_owner)
+            if problem is not None:
+                results[i] = m.RenewResult(False, "expired", problem.to_wire())
                 continue
         if d is not None and d.node == sess.node and d.key and not registered_everywhere(srv, d):
             results[i] = m.RenewResult(False, "fenced", Fenced(
