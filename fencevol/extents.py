@@ -8,7 +8,8 @@ column is a concatenation of subdisks ``(disk index, disk offset, length)``.
 
 Wire form (server -> client), see docs/PROTOCOL.md::
 
-    {"size": int, "stripe_unit": int,
+    {"size": int, "stripe_unit": int, "generation": int,
+     "plex_states": ["active" | "stale" | "syncing", ...] per plex (default all active),
      "plexes": [[[ [disk_index, disk_offset, length], ... ] per column ] per plex],
      "disks": [{"id": uuid, "path": str, "name": str}, ...]}
 """
@@ -114,7 +115,8 @@ class DiskRef:
 class ExtentMap:
     """A volume's full map: size, plexes and the disks they reference."""
 
-    __slots__ = ("size", "stripe_unit", "plexes", "disks", "wire")
+    __slots__ = ("size", "stripe_unit", "plexes", "disks", "wire", "generation", "states",
+                 "readable", "writable")
 
     def __init__(self, wire: dict):
         try:
@@ -124,10 +126,18 @@ class ExtentMap:
                           for d in wire["disks"]]
             self.plexes = [PlexMap([[(int(a), int(b), int(c)) for a, b, c in col] for col in plex],
                                    self.stripe_unit) for plex in wire["plexes"]]
+            self.generation = int(wire.get("generation", 0))
+            self.states = [str(x) for x in wire.get("plex_states") or ["active"] * len(self.plexes)]
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ProtocolError(f"malformed extent map: {exc!r}") from None
         if not self.plexes:
             raise ProtocolError("extent map has no plex")
+        if len(self.states) != len(self.plexes):
+            raise ProtocolError("extent map: plex states do not match its plexes")
+        self.readable = [p for p, st in enumerate(self.states) if st == "active"]
+        self.writable = [p for p, st in enumerate(self.states) if st in ("active", "syncing")]
+        if not self.readable:
+            raise ProtocolError("extent map has no active plex")
         for plex in self.plexes:
             for col in plex.columns:
                 if any(d < 0 or d >= len(self.disks) for d in col.disks):

@@ -79,12 +79,13 @@ class _IoEvent(ctypes.Structure):
 
 class DiskIOError(Exception):
     """A request's segment failed (or came back short) on disk ``disk`` (an index into
-    the volume's disk list)."""
+    the volume's disk list); ``disks``: every disk on which a segment failed."""
 
     def __init__(self, disk: int, error: BaseException):
         super().__init__(str(error))
         self.disk = disk
         self.error = error
+        self.disks = {disk}
 
 
 class _Request:
@@ -238,12 +239,15 @@ class DirectIO:
         req, length, disk = self._owner[i]
         self._owner[i] = None
         self._free_iocbs.append(i)
-        if res != length and req.error is None:
-            if res < 0:
-                error = OSError(-res, os.strerror(-res))
+        if res != length:
+            if req.error is not None:
+                req.error.disks.add(disk)
             else:
-                error = OSError(errno.EIO, f"short transfer ({res} of {length} bytes)")
-            req.error = DiskIOError(disk, error)
+                if res < 0:
+                    error = OSError(-res, os.strerror(-res))
+                else:
+                    error = OSError(errno.EIO, f"short transfer ({res} of {length} bytes)")
+                req.error = DiskIOError(disk, error)
         req.left -= 1
         if not req.left:
             self.inflight -= 1

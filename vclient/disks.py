@@ -93,12 +93,29 @@ class BackingDisks:
         except (OSError, ValueError, KeyError, TypeError):
             return ""
 
+    def reopen_failed(self, ref: DiskRef) -> None:
+        """A disk that had I/O errors is wanted again (its plex is being resynced):
+        open its path afresh and put the new file behind the same descriptor number
+        (``dup2``), so maps holding the number reach the disk again and no number is
+        ever reused for another file while a map still holds it."""
+        acc = self.disks.get(ref.id)
+        if acc is None or not acc.failed or acc.fd < 0:
+            return
+        fresh = self._open(ref)
+        if fresh.fd < 0:
+            log.warning("disk %s: still unusable (%s)", ref.name, fresh.reason)
+            return
+        os.dup2(fresh.fd, acc.fd)
+        os.close(fresh.fd)
+        acc.failed = ""
+        log.warning("disk %s: reopened at %s after I/O errors", ref.name, fresh.path)
+
     def io_error(self, acc: DiskAccess, exc: BaseException) -> None:
         """Record an I/O error on a disk; log only the first one."""
         if not acc.failed:
             acc.failed = str(exc)
-            log.error("disk %s (%s): I/O error: %s -- affected extents return EIO", acc.name,
-                      acc.path, exc)
+            log.error("disk %s (%s): I/O error: %s -- its extents fail (a mirror detaches the "
+                      "plex on it)", acc.name, acc.path, exc)
 
     def close(self) -> None:
         for d in self.disks.values():

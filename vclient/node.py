@@ -28,6 +28,8 @@ from fencevol.modes import parse_mode
 from fencevol.protocol.messages import (
     AttachRequest,
     DetachRequest,
+    MapAckRequest,
+    MapPush,
     Message,
     ReinstatePush,
     RenewRequest,
@@ -378,6 +380,10 @@ class Node:
                 vol.gate.pause(push.reason)
                 log.info("%s: delegation revoked (%s); pausing I/O", vol.name, push.reason)
             self._nursery.start_soon(self._ack_revoke, vol, push.delegation)
+        elif isinstance(push, MapPush) and vol is not None:
+            vol.adopt(push.map)
+            self._nursery.start_soon(self._ack_map, vol, push.delegation,
+                                     int(push.map.get("generation", 0)))
         elif isinstance(push, ReinstatePush) and vol is not None:
             old = vol.size
             vol.install(push.map)
@@ -433,6 +439,15 @@ class Node:
         for name in list(self.volumes):
             await self.detach(name)
         return info
+
+    async def _ack_map(self, vol: AttachedVolume, deleg: str, generation: int) -> None:
+        """Acknowledge a new map once no write under an older one is in flight: the
+        server counts on every write after the acknowledgement following it."""
+        await vol.writes_before()
+        try:
+            await self.link.request(MapAckRequest(deleg, generation))
+        except FencevolError as exc:
+            log.warning("%s: map acknowledgement failed: %s", vol.name, exc)
 
     async def _ack_revoke(self, vol: AttachedVolume | None, deleg: str) -> None:
         if vol is not None:

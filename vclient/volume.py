@@ -3,8 +3,10 @@
 Every request is widened to the volume's block size (the largest logical block size
 of its local disks), split along the extent map and served with direct I/O on
 descriptors opened once per disk (``vclient/disks.py``), all segments of a request
-(every column, every plex of a mirror) submitted at once through native AIO
-(``vclient/dio.py``). Reads return the requested slice of the aligned buffer. A write
+(every column, every writable plex of a mirror) submitted at once through native
+AIO (``vclient/dio.py``). Reads come from an active plex only; a write that fails
+on some plexes but reached another has those plexes detached through the server
+before it is acknowledged (docs/MIRRORS.md). Reads return the requested slice of the aligned buffer. A write
 that does not start and end on a block boundary reads its edge blocks first
 (read-modify-write); it runs alone on the volume (writes that share a block never
 interleave within this node). Segments on disks the client cannot reach go through
@@ -20,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from fencevol.errors import IOFailure, NoSpace, Unavailable
+from fencevol.errors import FencevolError, IOFailure, NoSpace, Unavailable
 from fencevol.extents import ExtentMap
 from fencevol.modes import MODE_NAMES, can_write
-from fencevol.protocol.messages import ReadRequest, SyncRequest, WriteRequest
+from fencevol.protocol.messages import PlexDetachRequest, ReadRequest, SyncRequest, WriteRequest
 
 from .dio import IOCB_CMD_PREAD, IOCB_CMD_PWRITE, DirectIO, DiskIOError
 from .disks import BackingDisks, DiskAccess
@@ -56,7 +58,12 @@ class AttachedVolume:
         self.fds: list[int] = []
         self.plexes: list = []
         self.read_plex_index = 0
+        self.plex_detaches = 0
+        self._serial = 0                          # maps installed so far
+        self._map_writes: dict[int, int] = {}     # writes in flight per map serial
+        self._map_drained: trio.Event | None = None
         self.dirty: set[int] = set()
+        self.writable_fds: set[int] = set()
         self.remote_dirty = False
         self.bytes_read = 0
         self.read_failovers = 0
@@ -72,22 +79,47 @@ class AttachedVolume:
         return can_write(self.mode)
 
     def install(self, wire_map: dict, volume_info: dict | None = None) -> None:
-        """Adopt a (new) extent map. Called with no write in flight."""
+        """Adopt a (new) extent map. Writes in flight finish on the map they started
+        with; ``writes_before`` tells when they have."""
         emap = ExtentMap(wire_map)
+        for p in emap.writable:           # a plex coming back (resync): reopen its failed disks
+            for col in emap.plexes[p].columns:
+                for d in col.disks:
+                    self.backing.reopen_failed(emap.disks[d])
         access = [self.backing.get(ref) for ref in emap.disks]
         fds = [a.fd for a in access]
 
-        def remote_count(plex) -> int:
-            return sum(1 for col in plex.columns for d in col.disks if fds[d] < 0)
+        def remote_count(p: int) -> int:
+            return sum(1 for col in emap.plexes[p].columns for d in col.disks if fds[d] < 0)
 
-        best = min(range(len(emap.plexes)), key=lambda i: remote_count(emap.plexes[i]))
         self.map, self.access, self.fds = emap, access, fds
         self.plexes = emap.plexes
-        self.read_plex_index = best
+        self.writable_fds = {fds[d] for p in emap.writable for col in emap.plexes[p].columns
+                             for d in col.disks if fds[d] >= 0}
+        self.read_plex_index = min(emap.readable, key=remote_count)
         self.block = max([a.block for a in access if a.local] or [DEFAULT_BLOCK])
         self.size = emap.size
+        self._serial += 1
         if volume_info:
             self.layout = volume_info.get("layout", self.layout)
+
+    def adopt(self, wire_map: dict) -> bool:
+        """Install a pushed or replied map unless the one installed is newer."""
+        if self.map is not None and int(wire_map.get("generation", 0)) < self.map.generation:
+            return False
+        old = self.map.states if self.map else None
+        self.install(wire_map)
+        if old != self.map.states:
+            log.warning("%s: plex states now %s", self.name, ", ".join(
+                f"{p}:{st}" for p, st in enumerate(self.map.states)))
+        return True
+
+    async def writes_before(self) -> None:
+        """Return once every write that started under an earlier map has finished."""
+        serial = self._serial
+        while any(s < serial for s in self._map_writes):
+            self._map_drained = trio.Event()
+            await self._map_drained.wait()
 
     def _span(self, off: int, n: int) -> tuple[int, int]:
         mask = self.block - 1
@@ -127,7 +159,7 @@ class AttachedVolume:
             return
         except (IOFailure, Unavailable) as exc:
             error = exc
-        for p in range(len(self.plexes)):
+        for p in self.map.readable:
             if p == self.read_plex_index:
                 continue
             try:
@@ -237,13 +269,50 @@ class AttachedVolume:
 
     async def _write_range(self, start: int, length: int, buf) -> None:
         """Write ``buf.view[:length]`` at the aligned volume offset ``start`` to every
-        plex: the local segments of all plexes in one submission."""
-        fds = self.fds
+        writable plex of the map installed now."""
+        serial = self._serial
+        counts = self._map_writes
+        counts[serial] = counts.get(serial, 0) + 1
+        try:
+            await self._write_plexes(self.map, self.fds, start, length, buf)
+        finally:
+            left = counts[serial] - 1
+            if left:
+                counts[serial] = left
+            else:
+                del counts[serial]
+                if self._map_drained is not None:
+                    self._map_drained.set()
+
+    async def _write_plexes(self, emap: ExtentMap, fds: list[int], start: int, length: int,
+                            buf) -> None:
+        """Write every writable plex. A plex that fails while another took the write
+        is detached (through the server, before the write is acknowledged); if none
+        took it, the write fails. While plexes resync they are written only after the
+        active ones completed (the order the server's copy relies on)."""
+        if len(emap.writable) == len(emap.readable):
+            failed, error = await self._write_phase(emap, fds, emap.writable, start, length, buf)
+        else:
+            failed, error = await self._write_phase(emap, fds, emap.readable, start, length, buf)
+            if len(failed) < len(emap.readable):
+                syncing = [p for p in emap.writable if p not in emap.readable]
+                more, error2 = await self._write_phase(emap, fds, syncing, start, length, buf)
+                failed |= more
+                error = error or error2
+        if failed:
+            if not set(emap.readable) - failed:
+                raise error
+            await self._detach(emap, sorted(failed), error)
+
+    async def _write_phase(self, emap: ExtentMap, fds: list[int], plexes: list[int], start: int,
+                           length: int, buf) -> tuple[set[int], FencevolError | None]:
+        """The local segments of ``plexes`` in one submission, then remote ones;
+        return the plexes that failed and the first error."""
         base = buf.address
         plan = []
         remote = None
-        for p, plex in enumerate(self.plexes):
-            for d, doff, boff, ln in plex.segments(start, length):
+        for p in plexes:
+            for d, doff, boff, ln in emap.plexes[p].segments(start, length):
                 fd = fds[d]
                 if fd < 0:
                     if remote is None:
@@ -251,25 +320,50 @@ class AttachedVolume:
                     remote.append((p, boff, ln))
                 else:
                     plan.append((fd, doff, base + boff, ln, d))
+        failed: set[int] = set()
+        error: FencevolError | None = None
         if plan:
             try:
                 await self.dio.submit(IOCB_CMD_PWRITE, plan)
             except DiskIOError as exc:
-                raise self._io_error(exc.disk, exc.error) from None
+                error = self._io_error(exc.disk, exc.error)
+                failed = {p for p in plexes if any(
+                    seg[0] in exc.disks for seg in emap.plexes[p].segments(start, length))}
             dirty = self.dirty
             for entry in plan:
                 dirty.add(entry[0])
         if remote:
             view = buf.view
             for p, boff, ln in remote:
-                await self.link.request(WriteRequest(self.delegation, offset=start + boff, plex=p),
-                                        bytes(view[boff:boff + ln]))
+                if p in failed:
+                    continue
+                try:
+                    await self.link.request(WriteRequest(self.delegation, offset=start + boff, plex=p),
+                                            bytes(view[boff:boff + ln]))
+                except IOFailure as exc:          # the server's path to the plex failed
+                    failed.add(p)
+                    error = error or exc
             self.remote_dirty = True
+        return failed, error
+
+    async def _detach(self, emap: ExtentMap, plexes: list[int], error: FencevolError) -> None:
+        log.error("%s: write failed on plex(es) %s (%s); detaching them", self.name,
+                  ", ".join(map(str, plexes)), error)
+        try:
+            reply, _ = await self.link.request(PlexDetachRequest(
+                self.delegation, plexes, emap.generation, str(error)))
+        except FencevolError as exc:
+            log.error("%s: the server did not detach plex(es) %s: %s; the write fails", self.name,
+                      ", ".join(map(str, plexes)), exc)
+            raise error from None
+        self.plex_detaches += 1
+        self.adopt(reply.map)
 
     async def fsync(self) -> None:
         """fdatasync every backing disk written since the last sync (S6): direct
         writes have reached the disk, but its write cache may still hold them."""
         dirty, self.dirty = self.dirty, set()
+        dirty &= self.writable_fds          # a detached plex's disk is not synced
         try:
             for fd in dirty:
                 await self.dio.fdatasync(fd)
@@ -293,6 +387,9 @@ class AttachedVolume:
         return {"name": self.name, "mode": self.mode, "mode_name": MODE_NAMES[self.mode],
                 "delegation": self.delegation, "size": self.size, "layout": self.layout,
                 "block_size": self.block, "read_plex": self.read_plex_index,
+                "plex_states": list(self.map.states) if self.map else [],
+                "map_generation": self.map.generation if self.map else 0,
+                "plex_detaches": self.plex_detaches,
                 "read_failovers": self.read_failovers, "bytes_read": self.bytes_read,
                 "bytes_written": self.bytes_written, "partial_block_writes": self.partial_writes,
                 "gate": self.gate.describe(), "disks": [a.describe() for a in self.access]}

@@ -39,6 +39,8 @@ class Delegation:
     connected: bool = True
     key: int = 0         # the node's registration key when granted
     session_id: int = 0  # the server session that last granted/renewed it
+    map_gen: int = 0     # the newest map (configuration generation) the holder has
+    map_want: int = 0    # a map update waits for it: not renewed until map_gen reaches it
 
     def to_json(self) -> dict:
         return {"id": self.id, "volume": self.volume, "node": self.node, "mode": self.mode,

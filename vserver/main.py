@@ -17,6 +17,7 @@ from fencevol.clock import BOOTTIME
 from fencevol.errors import InvalidArgument
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import parse_address
+from fencevol.units import parse_size
 
 from .handlers import dispatch
 from . import etcd
@@ -30,7 +31,7 @@ CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds"
                "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
                "scan": list, "log_level": str, "require_node_credentials": bool,
                "tls_cert": str, "tls_key": str, "owner_lease_seconds": (int, float),
-               "etcd": str, "ha_cluster": str, "etcd_lease_seconds": int}
+               "etcd": str, "ha_cluster": str, "etcd_lease_seconds": int, "resync_rate": str}
 
 
 def load_config(path: str) -> dict:
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--etcd-lease", type=int, metavar="SECONDS",
                    help=f"leader lease TTL in etcd (default {HaTerms().ttl}); a dead leader "
                         "is replaced after about this long")
+    s.add_argument("--resync-rate", metavar="SIZE",
+                   help="copy at most this much per second when resynchronizing a mirror "
+                        "plex, e.g. 50M (default: no limit)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -119,6 +123,9 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
         owner=owner_terms(args.owner_lease if args.owner_lease is not None
                           else cfg.get("owner_lease_seconds", OwnerTerms().expiry)),
     )
+    rate = args.resync_rate or cfg.get("resync_rate")
+    if rate:
+        settings.resync_rate = parse_size(rate, what="resync rate")
     endpoints = args.etcd or cfg.get("etcd")
     if endpoints:
         ttl = args.etcd_lease if args.etcd_lease is not None else cfg.get("etcd_lease_seconds",

@@ -15,6 +15,12 @@ from fencevol.units import SECTOR
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LAYOUTS = ("concat", "stripe", "mirror")
+# Plex states (VxVM's ACTIVE / STALE, LVM raid1's in-sync / out-of-sync):
+#   active  -- in sync: read and written;
+#   stale   -- detached after a failed write (or replaced disk): neither read nor written;
+#   syncing -- being resynchronized from an active plex: written, not read, until done.
+ACTIVE, STALE, SYNCING = "active", "stale", "syncing"
+PLEX_STATES = (ACTIVE, STALE, SYNCING)
 KINDS = ("data", "coordinator")
 CONFIG_FORMAT = 1
 
@@ -56,6 +62,15 @@ class Volume:
     stripe_unit: int = 0
     kind: str = "data"
     cluster_id: str = ""                 # coordinator volumes: which cluster
+    plex_states: list[str] = field(default_factory=list)   # per plex; empty: all active
+    resync_done: int = 0                 # bytes of the syncing plexes copied so far
+
+    def __post_init__(self):
+        if not self.plex_states:
+            self.plex_states = [ACTIVE] * len(self.plexes)
+
+    def plexes_in(self, *states: str) -> list[int]:
+        return [p for p, st in enumerate(self.plex_states) if st in states]
 
     @property
     def columns(self) -> int:
@@ -73,6 +88,7 @@ class Volume:
         return {
             "id": self.id, "name": self.name, "size": self.size, "layout": self.layout,
             "stripe_unit": self.stripe_unit, "kind": self.kind, "cluster_id": self.cluster_id,
+            "plex_states": list(self.plex_states), "resync_done": self.resync_done,
             "plexes": [[[[sd.disk, sd.offset, sd.length] for sd in col] for col in plex]
                        for plex in self.plexes],
         }
@@ -83,6 +99,8 @@ class Volume:
             id=str(d["id"]), name=str(d["name"]), size=int(d["size"]), layout=str(d["layout"]),
             stripe_unit=int(d.get("stripe_unit", 0)), kind=str(d.get("kind", "data")),
             cluster_id=str(d.get("cluster_id", "")),
+            plex_states=[str(x) for x in d.get("plex_states", [])],
+            resync_done=int(d.get("resync_done", 0)),
             plexes=[[[Subdisk(str(a), int(b), int(c)) for a, b, c in col] for col in plex]
                     for plex in d["plexes"]],
         )
@@ -152,6 +170,12 @@ class GroupConfig:
                 raise MetadataError(f"{where}: unknown layout or kind")
             if v.size <= 0 or v.size % SECTOR or not v.plexes:
                 raise MetadataError(f"{where}: bad size or no plex")
+            if len(v.plex_states) != len(v.plexes) or any(st not in PLEX_STATES for st in v.plex_states):
+                raise MetadataError(f"{where}: plex states do not match its plexes")
+            if ACTIVE not in v.plex_states:
+                raise MetadataError(f"{where}: no active plex")
+            if not 0 <= v.resync_done <= v.size:
+                raise MetadataError(f"{where}: resync position outside the volume")
             if v.layout == "stripe" and v.stripe_unit <= 0:
                 raise MetadataError(f"{where}: stripe without stripe unit")
             for plex in v.plexes:
@@ -192,7 +216,8 @@ def extent_map_wire(cfg: GroupConfig, vol: Volume, disk_paths: dict[str, str]) -
         rec = cfg.disk(disk_id)
         disks.append({"id": disk_id, "name": rec.name, "path": disk_paths.get(disk_id, "")})
     return {
-        "size": vol.size, "stripe_unit": vol.stripe_unit,
+        "size": vol.size, "stripe_unit": vol.stripe_unit, "generation": cfg.generation,
+        "plex_states": list(vol.plex_states),
         "plexes": [[[[order[sd.disk], sd.offset, sd.length] for sd in col] for col in plex]
                    for plex in vol.plexes],
         "disks": disks,

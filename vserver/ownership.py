@@ -165,10 +165,23 @@ def only_late_writes(readings: list[Reading], group_id: str, me: str, epoch: int
 
 # -- I/O -----------------------------------------------------------------------------------------
 
+class DiskFailed(OSError):
+    """The owner block of the disk behind ``fd`` could not be read or written: the
+    caller marks that disk failed and goes on with the others."""
+
+    def __init__(self, fd: int, error: OSError):
+        super().__init__(error.errno, error.strerror)
+        self.fd = fd
+        self.error = error
+
+
 def read_all(fds: list[int]) -> list[Reading]:
     out: list[Reading] = []
     for fd in fds:
-        st = ondisk.read_owner(fd)
+        try:
+            st = ondisk.read_owner(fd)
+        except OSError as exc:
+            raise DiskFailed(fd, exc) from None
         if st.payload is not None:
             try:
                 out.append(OwnerRecord.from_slot(st))
@@ -181,7 +194,10 @@ def read_all(fds: list[int]) -> list[Reading]:
 
 def write_all(fds: list[int], rec: OwnerRecord) -> None:
     for fd in fds:
-        ondisk.write_owner(fd, rec.counter, rec.to_json())
+        try:
+            ondisk.write_owner(fd, rec.counter, rec.to_json())
+        except OSError as exc:
+            raise DiskFailed(fd, exc) from None
 
 
 @dataclass
@@ -291,6 +307,8 @@ async def confirm(fds: list[int], own: Ownership, group_name: str) -> None:
         await trio.to_thread.run_sync(write_all, fds, own.record())
         await trio.sleep(own.terms.settle)
         readings = read_all(fds)
+    except DiskFailed:
+        raise                           # the caller leaves that disk out and asks again
     except OSError as exc:
         raise NotOwner(f"disk group {group_name}: cannot renew its owner lease: {exc}") from None
     if _standing(readings, own) is None:
@@ -306,5 +324,5 @@ def release(fds: list[int], own: Ownership) -> None:
         if confirms(read_all(fds), own.group, own.me.server_id, own.epoch):
             own.counter += 1
             write_all(fds, OwnerRecord(own.group, "", epoch=own.epoch, counter=own.counter))
-    except (OSError, FencevolError):
+    except (OSError, DiskFailed, FencevolError):
         pass                    # the lease runs out instead

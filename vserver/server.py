@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -38,7 +38,7 @@ from fencevol.extents import ExtentMap
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import ConnectionClosed, FramedConnection
 
-from . import limits, ownership, statefile
+from . import limits, mirrors, ownership, statefile
 from .leader import HaSettings, Leadership
 from .delegations import REVOKING, Delegation, DelegationTable
 from .model import Volume, extent_map_wire
@@ -84,6 +84,7 @@ class Settings:
     tls_key: str = ""
     owner: ownership.OwnerTerms = field(default_factory=ownership.OwnerTerms)  # disk-group lease
     ha: HaSettings | None = None                    # --etcd: one of several servers (vserver.leader)
+    resync_rate: int = 0                            # bytes/s a mirror resync copies at most (0: no limit)
 
     @property
     def key_path(self) -> str:
@@ -150,6 +151,9 @@ class VolumeServer:
         self.admin_sessions: set[Session] = set()
         self.config_lock = trio.Lock()
         self.vol_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self.mirror_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)  # vserver/mirrors.py
+        self.resyncs: dict[str, Any] = {}         # volume -> mirrors.Resync
+        self.background: trio.Nursery | None = None
         self._persist_lock = trio.Lock()
         self._changed = trio.Event()
         self._maps: dict[str, ExtentMap] = {}
@@ -251,7 +255,7 @@ class VolumeServer:
         reservation on every disk of ``group`` (¶0071); take over a reservation
         left by another server. Synchronous (call from a worker thread)."""
         for disk in group.disks.values():
-            if disk.problems:
+            if disk.problems or disk.failed:
                 continue
             t = disk.pr
             before = t.generation
@@ -324,7 +328,7 @@ class VolumeServer:
             if pr_a.payload is not None and len(pr_a.payload) > ondisk.slot_capacity(ondisk.PR):
                 raise InvalidArgument(f"disk {d.name}: its reservation table is too large for "
                                       "format 3's owner block; forget preempted keys first")
-        own = await ownership.acquire(group.fds, group.config.id, group.name, self.me,
+        own = await self.owner_io(group, ownership.acquire, group.config.id, group.name, self.me,
                                       self.settings.owner)
         group.ownership = own
         if own.took_over:
@@ -335,11 +339,26 @@ class VolumeServer:
         log.info("disk group %s: owned by this server (epoch %d%s)", group.name, own.epoch,
                  ", taken over from another server" if own.took_over else "")
 
+    async def owner_io(self, group: Group, fn, *args):
+        """Run an owner-lease step on the group's working disks; a disk whose owner
+        block fails is marked failed (a dead mirror disk must not cost the group)
+        and the step runs again on the others."""
+        while True:
+            try:
+                return await fn(group.fds, *args)
+            except ownership.DiskFailed as exc:
+                disk = next((d for d in group.disks.values() if d.fd == exc.fd and not d.failed), None)
+                if disk is None:
+                    raise
+                disk.fail(exc.error)
+                if not group.fds:
+                    raise ownership.NotOwner(f"disk group {group.name}: no disk works ({exc})") from None
+
     async def check_owner(self, group: Group) -> None:
         """Before a metadata write or a grant: the group must still be ours."""
         if group.ownership is None:
             raise ownership.NotOwner(f"disk group {group.name} is not owned by this server")
-        await ownership.confirm(group.fds, group.ownership, group.name)
+        await self.owner_io(group, ownership.confirm, group.ownership, group.name)
         self._check_config_not_newer(group)
 
     def _check_config_not_newer(self, group: Group) -> None:
@@ -347,8 +366,12 @@ class VolumeServer:
         managed the group since -- even if our own record is back on the disks (a
         renewal of ours, frozen before its write, landed after a takeover): we lost
         it. One small O_DIRECT read per slot, on the loop."""
-        for d in group.disks.values():
-            gen = ondisk.read_area(d.fd, ondisk.CONFIG).generation
+        for d in group.live_disks():
+            try:
+                gen = ondisk.read_area(d.fd, ondisk.CONFIG).generation
+            except OSError as exc:
+                d.fail(exc)
+                continue
             if gen > group.config.generation:
                 group.ownership.lost = (f"disk {d.name} holds configuration generation {gen}, "
                                         f"newer than this server's {group.config.generation}: "
@@ -396,7 +419,7 @@ class VolumeServer:
                 if own is None or own.lost:
                     continue
                 try:
-                    await ownership.renew(group.fds, own, group.name)
+                    await self.owner_io(group, ownership.renew, own, group.name)
                     self._check_config_not_newer(group)
                 except ownership.NotOwner as exc:
                     log.error("%s", exc)
@@ -493,8 +516,11 @@ class VolumeServer:
         print(f"vserver listening on {self.listen_address}", flush=True)
         try:
             async with trio.open_nursery() as nursery:
+                self.background = nursery
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self._ownership_loop)
+                for group in list(self.groups.values()):
+                    nursery.start_soon(mirrors.resume_all, self, group)
                 await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
                 task_status.started(self.listen_address)
         finally:

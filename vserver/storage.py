@@ -50,6 +50,7 @@ class Disk:
         self.label: ondisk.Label | None = None
         self.problems: list[str] = []
         self.pr = PRTable()
+        self.failed = ""              # an I/O error: left out of metadata writes until reopened
         self.reload()
 
     @classmethod
@@ -146,6 +147,13 @@ class Disk:
             return None
         return GroupConfig.from_json(data)
 
+    def fail(self, error: object) -> None:
+        if not self.failed:
+            self.failed = str(error) or "I/O error"
+            log.error("disk %s (%s) failed: %s; left out of metadata writes until it is back "
+                      "(`vctl dg repair`, `vctl vol resync` or `vctl disk replace`)", self.name,
+                      self.path, self.failed)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -154,9 +162,20 @@ class Disk:
 
 def write_pr_all(disks) -> None:
     """Persist the reservation table of every disk in ``disks`` (blocking: run it in
-    a worker thread)."""
+    a worker thread). A disk that fails is marked failed and left out; IOFailure
+    if none could be written."""
+    tried, error = 0, None
     for disk in disks:
-        disk.write_pr()
+        if disk.failed:
+            continue
+        tried += 1
+        try:
+            disk.write_pr()
+        except OSError as exc:
+            disk.fail(exc)
+            error = exc
+    if tried and error is not None and all(d.failed for d in disks):
+        raise IOFailure(f"no reservation table could be written ({error})")
 
 
 @dataclass
@@ -167,8 +186,20 @@ class Group:
     ownership: Ownership | None = None            # this server's lease on the group
 
     @property
+    def failed(self) -> dict[str, str]:
+        """Disks with I/O errors: left out of metadata writes and the owner lease
+        until reopened (vserver/mirrors.py)."""
+        return {i: d.failed for i, d in self.disks.items() if d.failed}
+
+    @property
     def fds(self) -> list[int]:
-        return [d.fd for d in self.disks.values()]
+        return [d.fd for i, d in self.disks.items() if i not in self.failed]
+
+    def live_disks(self) -> list["Disk"]:
+        return [d for i, d in self.disks.items() if i not in self.failed]
+
+    def fail_disk(self, disk_id: str, error: object) -> None:
+        self.disks[disk_id].fail(error)
 
     @property
     def name(self) -> str:
@@ -176,6 +207,7 @@ class Group:
 
     def problems(self) -> list[str]:
         out = [f"disk {m} is missing" for m in self.missing]
+        out += [f"disk {self.disks[i].name} failed: {why}" for i, why in self.failed.items()]
         out += [d.describe_problems() for d in self.disks.values() if d.problems]
         return out
 
@@ -184,7 +216,7 @@ class Group:
             raise InvalidArgument(
                 f"disk group {self.name} is missing disk(s) {', '.join(self.missing)}; "
                 "configuration changes are refused until they are back")
-        for d in self.disks.values():
+        for d in self.live_disks():
             d.check_writable()
 
     def disk_paths(self) -> dict[str, str]:
@@ -202,19 +234,34 @@ def write_config(group: Group, new: GroupConfig) -> None:
     (vserver/ownership.py) gets here with an old generation. Frozen between that
     read and its write, it replaces at most one slot -- one of two newest copies,
     with a lower generation -- and its next slot is refused. Until the last disk
-    is done the caller must not acknowledge."""
+    is done the caller must not acknowledge.
+
+    A disk that fails (I/O error) is marked failed and left out; the group's newest
+    generation is then on the others (import takes the newest). If every disk
+    fails, the write fails."""
     new.validate()
     payload = new.to_json()
+    written, error = 0, None
     for rec in new.disks:
+        if rec.id in group.failed:
+            continue
         disk = group.disks[rec.id]
-        for _ in range(2):
-            area = ondisk.read_area(disk.fd, ondisk.CONFIG)
-            if area.generation > new.generation:
-                raise NotOwner(f"disk {disk.name} holds configuration generation {area.generation} "
-                               f"of disk group {group.name}, newer than this server's "
-                               f"{new.generation}: another server manages the group")
-            disk.areas[ondisk.CONFIG] = area
-            disk.write_area(ondisk.CONFIG, payload, new.generation)
+        try:
+            for _ in range(2):
+                area = ondisk.read_area(disk.fd, ondisk.CONFIG)
+                if area.generation > new.generation:
+                    raise NotOwner(f"disk {disk.name} holds configuration generation {area.generation} "
+                                   f"of disk group {group.name}, newer than this server's "
+                                   f"{new.generation}: another server manages the group")
+                disk.areas[ondisk.CONFIG] = area
+                disk.write_area(ondisk.CONFIG, payload, new.generation)
+        except OSError as exc:
+            group.fail_disk(rec.id, exc)
+            error = exc
+            continue
+        written += 1
+    if not written:
+        raise IOFailure(f"disk group {group.name}: the configuration reached no disk ({error})")
 
 
 def create_sparse_image(path: str, size: int) -> None:

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="re-initialize a disk that is in no group")
     cmd(disk, "list", "list known disks", cmd_disk_list)
 
+    c = cmd(disk, "replace", "move a (dead) disk's subdisks to a new disk and resync them "
+            "from the other mirror plexes", cmd_disk_replace)
+    c.add_argument("old", metavar="OLD", help="name, id or path of the disk to replace")
+    c.add_argument("new", metavar="NEW", help="path, name or id of an initialized disk in no group")
+    c.add_argument("--no-wait", action="store_true", help="return once the resync started")
+
     dg = sub.add_parser("dg", help="disk groups").add_subparsers(dest="verb", required=True, metavar="VERB")
     c = cmd(dg, "create", "create a disk group from initialized disks", cmd_dg_create)
     c.add_argument("name", metavar="NAME")
@@ -74,9 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name", metavar="NAME")
     c.add_argument("paths", nargs="*", metavar="PATH", help="disk paths (default: scan)")
     c.add_argument("--scan", action="append", metavar="GLOB", help="where to look for disks")
-    c = cmd(dg, "repair", "rewrite damaged metadata copies from the newest valid configuration",
-            cmd_dg_repair)
+    c = cmd(dg, "repair", "rewrite damaged metadata copies from the newest valid configuration; "
+            "reopen failed disks and resync the stale plexes on them", cmd_dg_repair)
     c.add_argument("name", metavar="NAME")
+    c = cmd(dg, "add-disk", "add initialized disks to a group", cmd_dg_add_disk)
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("disks", nargs="+", metavar="DISK", help="path, name or id of a disk in no group")
 
     vol = sub.add_parser("vol", help="volumes").add_subparsers(dest="verb", required=True, metavar="VERB")
     c = cmd(vol, "create", "create a volume", cmd_vol_create)
@@ -98,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("size", metavar="SIZE")
     c = cmd(vol, "remove", "remove a detached volume", cmd_vol_remove)
     c.add_argument("volume", metavar="DG/NAME")
+    c = cmd(vol, "resync", "copy an active mirror plex onto the stale ones while I/O goes on "
+            "(reopens their disks if they came back)", cmd_vol_resync)
+    c.add_argument("volume", metavar="DG/NAME")
+    c.add_argument("--no-wait", action="store_true", help="start it and return (progress: vol show)")
 
     co = sub.add_parser("coord", help="cluster coordinator volumes").add_subparsers(
         dest="verb", required=True, metavar="VERB")
@@ -237,6 +250,10 @@ def cmd_status(args) -> None:
     if st["nodes"]:
         print()
         print_table([(n["node"], n["peer"]) for n in st["nodes"]], ["NODE", "PEER"])
+    if st.get("degraded"):
+        print()
+        for v in st["degraded"]:
+            _print_plex_states({"name": v["volume"], **v})
 
 
 def _print_disks(disks) -> None:
@@ -348,8 +365,16 @@ def cmd_vol_list(args) -> None:
         print("no volumes")
         return
     print_table([(v["name"], format_size(v["size"]), _layout_text(v), v["kind"], v["extents"],
-                  _attached_text(v)) for v in vols],
-                ["VOLUME", "SIZE", "LAYOUT", "KIND", "EXTENTS", "ATTACHED (NODE:MODE)"])
+                  _state_text(v), _attached_text(v)) for v in vols],
+                ["VOLUME", "SIZE", "LAYOUT", "KIND", "EXTENTS", "STATE", "ATTACHED (NODE:MODE)"])
+
+
+def _state_text(v: dict) -> str:
+    states = v.get("plex_states") or ["active"]
+    if all(st == "active" for st in states):
+        return "ok"
+    r = v.get("resync")
+    return "degraded" + (f" (resync {r['percent']}%)" if r else "")
 
 
 def cmd_vol_show(args) -> None:
@@ -363,6 +388,9 @@ def _print_volume(v: dict) -> None:
     print(f"volume {v['name']}  id {v['id']}")
     print(f"  size {format_size(v['size'])} ({v['size']} bytes)  layout {_layout_text(v)}  kind {v['kind']}")
     print(f"  attached: {_attached_text(v)}")
+    if len(v.get("plex_states") or []) > 1 or v.get("resync"):
+        print("  ", end="")
+        _print_plex_states(v)
     rows = []
     for p in v["plexes"]:
         for c in p["columns"]:
@@ -380,6 +408,70 @@ def cmd_vol_resize(args) -> None:
     if args.json:
         return print_json(v)
     print(f"resized {v['name']} to {format_size(v['size'])} in {time.monotonic() - t0:.2f}s")
+
+
+def cmd_vol_resync(args) -> None:
+    v = call(args, proto.VolResyncRequest(volume=args.volume))
+    if not args.no_wait:
+        v = _wait_resync(args, [v["name"]])[0]
+    if args.json:
+        return print_json(v)
+    _print_plex_states(v)
+
+
+def cmd_disk_replace(args) -> None:
+    g = call(args, proto.DiskReplaceRequest(old=args.old, new=args.new))
+    if not args.no_wait:
+        vols = call(args, proto.VolListRequest(dg=g["name"]))["volumes"]
+        _wait_resync(args, [v["name"] for v in vols if v.get("resync")])
+    if args.json:
+        return print_json(g)
+    print(f"disk {args.old} replaced by {args.new} in disk group {g['name']}")
+
+
+def cmd_dg_add_disk(args) -> None:
+    g = call(args, proto.DgAddDiskRequest(name=args.name, disks=args.disks))
+    if args.json:
+        return print_json(g)
+    print(f"disk group {g['name']}: {len(g['disks'])} disks, {format_size(g['free'])} free")
+
+
+def _wait_resync(args, names: list[str]) -> list[dict]:
+    """Poll each volume until its resync ends; a progress bar on a terminal
+    (tqdm draws nothing elsewhere), nothing otherwise. A resync that stops with an
+    error fails the command."""
+    from tqdm import tqdm
+
+    from fencevol.errors import IOFailure
+    out = []
+    for name in names:
+        v = call(args, proto.VolShowRequest(volume=name))
+        bar = tqdm(total=v["size"], unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=f"resync {name}", disable=None if not args.json else True)
+        try:
+            while v.get("resync"):
+                r = v["resync"]
+                if r.get("error") and not r.get("running"):
+                    raise IOFailure(f"resync of {name} stopped at {r['percent']}%: {r['error']}")
+                bar.update(r["done"] - bar.n)
+                time.sleep(0.2)
+                v = call(args, proto.VolShowRequest(volume=name))
+            bar.update(v["size"] - bar.n)
+        finally:
+            bar.close()
+        out.append(v)
+    return out
+
+
+def _print_plex_states(v: dict) -> None:
+    states = v.get("plex_states") or []
+    text = ", ".join(f"plex {p} {st}" for p, st in enumerate(states))
+    r = v.get("resync")
+    if r:
+        text += (f"; resync {r['percent']}% ({format_size(r['done'])} of {format_size(r['size'])}"
+                 + (f", {format_size(r['rate'])}/s" if r.get("rate") else "") + ")"
+                 + (f" error: {r['error']}" if r.get("error") else ""))
+    print(f"{v['name']}: {text}")
 
 
 def cmd_vol_remove(args) -> None:

@@ -74,6 +74,8 @@ class VolumeInfo(Message):
     attached: list[Attachment]
     cluster_id: str | None = None
     plexes: list[dict[str, Any]] | None = None
+    plex_states: list[str] | None = None
+    resync: dict[str, Any] | None = None            # a resync running or pending
     membership: dict[str, Any] | None = None       # coord_create, coord_show
     checksum_ok: bool | None = None                 # coord_show
     error: str | None = None                        # coord_show, checksum failed
@@ -115,6 +117,7 @@ class StatusReply(Message):
     groups: list[GroupInfo]
     attachments: list[Attachment]
     nodes: list[NodeSession]
+    degraded: list[dict[str, Any]] | None = None   # volumes with a plex not active: states, resync
 
 
 @message
@@ -251,6 +254,30 @@ class VolRemoveReply(Message):
     OP: ClassVar[str] = "vol_remove"
     KIND: ClassVar[str] = "reply"
     removed: str
+
+
+@message
+class VolResyncRequest(Message):
+    """Resynchronize the stale plexes of ``volume`` (reopening their disks if they
+    came back); the copy runs in the background, ``vol_show`` reports progress."""
+    OP: ClassVar[str] = "vol_resync"
+    volume: str
+
+
+@message
+class DiskReplaceRequest(Message):
+    """Move every subdisk of disk ``old`` (name or id, in a group) to the initialized
+    disk at ``new`` (path or name, in no group) and resync the plexes moved."""
+    OP: ClassVar[str] = "disk_replace"
+    old: str
+    new: str
+
+
+@message
+class DgAddDiskRequest(Message):
+    OP: ClassVar[str] = "dg_add_disk"
+    name: str
+    disks: list[str]
 
 
 @message

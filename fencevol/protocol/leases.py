@@ -104,3 +104,51 @@ class ReinstatePush(Message):
     delegation: str
     volume: str
     map: dict[str, Any]
+
+
+# -- mirror plexes (docs/MIRRORS.md) ------------------------------------------------------------
+@message
+class MapPush(Message):
+    """Server -> holder: the volume's extent map changed (a plex detached, began or
+    finished a resync, moved to another disk); install it and acknowledge with
+    ``map_ack``. A holder that does not acknowledge is not renewed again."""
+    OP: ClassVar[str] = "map"
+    KIND: ClassVar[str] = "push"
+    delegation: str
+    volume: str
+    map: dict[str, Any]
+
+
+@message
+class MapAckRequest(Message):
+    """The holder of ``delegation`` installed the map of configuration ``generation``."""
+    OP: ClassVar[str] = "map_ack"
+    delegation: str
+    generation: int
+
+
+@message
+class MapAckReply(Message):
+    OP: ClassVar[str] = "map_ack"
+    KIND: ClassVar[str] = "reply"
+    acknowledged: bool
+
+
+@message
+class PlexDetachRequest(Message):
+    """A write under ``delegation`` failed on ``plexes`` (and reached every other
+    writable plex): mark them stale before the write is acknowledged. ``generation``:
+    the map the write used; ``reason``: the I/O error."""
+    OP: ClassVar[str] = "plex_detach"
+    delegation: str
+    plexes: list[int]
+    generation: int
+    reason: str = ""
+
+
+@message
+class PlexDetachReply(Message):
+    """The map with those plexes stale, installed by every other holder."""
+    OP: ClassVar[str] = "plex_detach"
+    KIND: ClassVar[str] = "reply"
+    map: dict[str, Any]

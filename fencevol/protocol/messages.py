@@ -16,7 +16,8 @@ from .admin import (
     StatusReply, PingRequest, PingReply, DiskInitRequest, DiskListRequest, DiskListReply,
     DgCreateRequest, DgListRequest, DgListReply, DgImportRequest, DgRepairRequest,
     DgRepairReply, VolCreateRequest, VolListRequest, VolListReply, VolShowRequest,
-    VolRemoveRequest, VolRemoveReply, VolResizeRequest,
+    VolRemoveRequest, VolRemoveReply, VolResizeRequest, VolResyncRequest, DiskReplaceRequest,
+    DgAddDiskRequest,
 )
 from .base import Message
 from .fencing import (
@@ -27,7 +28,8 @@ from .fencing import (
 )
 from .leases import (
     AttachRequest, AttachReply, RenewRequest, RenewResult, RenewReply, DetachRequest,
-    DetachReply, RevokeAckRequest, RevokeAckReply, RevokePush, ReinstatePush,
+    DetachReply, RevokeAckRequest, RevokeAckReply, RevokePush, ReinstatePush, MapPush,
+    MapAckRequest, MapAckReply, PlexDetachRequest, PlexDetachReply,
 )
 from .remote_io import (
     ReadRequest, ReadReply, WriteRequest, WriteReply, SyncRequest, SyncReply,
@@ -45,7 +47,9 @@ __all__ = [
     "RenewRequest", "RenewResult", "Reservation", "RevokeAckReply", "RevokeAckRequest",
     "RevokePush", "ServerInfo", "StatusReply", "StatusRequest", "SyncReply", "SyncRequest",
     "Victim", "VolCreateRequest", "VolListReply", "VolListRequest", "VolRemoveReply",
-    "VolRemoveRequest", "VolResizeRequest", "VolShowRequest", "VolumeInfo", "WriteReply",
+    "VolRemoveRequest", "VolResizeRequest", "VolShowRequest", "VolResyncRequest", "DiskReplaceRequest",
+    "DgAddDiskRequest", "MapPush", "MapAckRequest", "MapAckReply", "PlexDetachRequest",
+    "PlexDetachReply", "VolumeInfo", "WriteReply",
     "WriteRequest", "OPERATIONS", "PUSHES", "REQUESTS", "push_from_wire", "push_to_wire",
     "reply_of",
 ]
@@ -58,7 +62,9 @@ OPERATIONS: dict[str, tuple[type[Message], type[Message]]] = {
         (DgImportRequest, GroupInfo), (DgRepairRequest, DgRepairReply),
         (VolCreateRequest, VolumeInfo), (VolListRequest, VolListReply),
         (VolShowRequest, VolumeInfo), (VolRemoveRequest, VolRemoveReply),
-        (VolResizeRequest, VolumeInfo),
+        (VolResizeRequest, VolumeInfo), (VolResyncRequest, VolumeInfo),
+        (DiskReplaceRequest, GroupInfo), (DgAddDiskRequest, GroupInfo),
+        (MapAckRequest, MapAckReply), (PlexDetachRequest, PlexDetachReply),
         (AttachRequest, AttachReply), (RenewRequest, RenewReply),
         (DetachRequest, DetachReply), (RevokeAckRequest, RevokeAckReply),
         (ReadRequest, ReadReply), (WriteRequest, WriteReply), (SyncRequest, SyncReply),
@@ -71,7 +77,7 @@ OPERATIONS: dict[str, tuple[type[Message], type[Message]]] = {
     ]}
 
 REQUESTS: dict[str, type[Message]] = {op: req for op, (req, _) in OPERATIONS.items()}
-PUSHES: dict[str, type[Message]] = {cls.OP: cls for cls in (RevokePush, ReinstatePush)}
+PUSHES: dict[str, type[Message]] = {cls.OP: cls for cls in (RevokePush, ReinstatePush, MapPush)}
 
 
 def reply_of(op: str, result: object) -> Message:

@@ -31,3 +31,36 @@ def loops_over(prefix: str) -> list[str]:
         if len(parts) == 2 and parts[1].strip().startswith(prefix):
             out.append(parts[0])
     return out
+
+
+class VanishingDir:
+    """A directory behind a bindfs mount; ``vanish()`` kills bindfs, so every open
+    descriptor under it fails with I/O errors (a disk that dies mid-run);
+    ``revive()`` mounts it again (the disk is back: open it afresh)."""
+
+    def __init__(self, tmp_path):
+        self.real = tmp_path / "real"
+        self.path = tmp_path / "via"
+        self.real.mkdir()
+        self.path.mkdir()
+        self.proc = None
+        self.revive()
+
+    def revive(self):
+        from testbed.processes import force_unmount, mounted, wait_for
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        force_unmount(self.path)          # the dead mount of the killed bindfs
+        self.proc = subprocess.Popen(["bindfs", "-f", "-o", "direct_io", str(self.real),
+                                      str(self.path)], stderr=subprocess.DEVNULL)
+        wait_for(lambda: mounted(self.path), 10, "bindfs mount")
+
+    def vanish(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self):
+        from testbed.processes import force_unmount
+        self.vanish()
+        force_unmount(self.path)

@@ -1,6 +1,7 @@
 """Every request handler, by resource: ``admin`` (status, disks, groups, volumes),
 ``leases`` (attach, renew, detach, revoke_ack), ``remote_io`` (read, write, sync),
-``fencing`` (coordinator, fence, reservations); ``common`` holds what they share.
+``fencing`` (coordinator, fence, reservations), ``mirrors`` (plex detach, map
+acknowledgement, resync, disk replacement, group growth); ``common`` holds what they share.
 Importing this package fills the table (vserver.registry) that ``dispatch`` runs;
 vserver.main hands ``dispatch`` to the server.
 
@@ -13,6 +14,6 @@ machines), and the ones under a lock (the coordinator's compare-and-swap) must n
 interleave anyway. Each such site says so."""
 
 from ..registry import OPS, dispatch
-from . import admin, fencing, leases, remote_io    # importing them registers their operations
+from . import admin, fencing, leases, mirrors, remote_io    # importing them registers their operations
 
-__all__ = ["OPS", "dispatch", "admin", "fencing", "leases", "remote_io"]
+__all__ = ["OPS", "dispatch", "admin", "fencing", "leases", "mirrors", "remote_io"]

@@ -17,7 +17,7 @@ from fencevol.errors import AlreadyExists, InUse, InvalidArgument, NotFound
 from fencevol.protocol import messages as m
 from fencevol.units import format_size, parse_size
 
-from .. import allocator, storage
+from .. import allocator, mirrors, storage
 from ..delegations import RESTORED, Delegation
 from ..model import GroupConfig, Volume
 from ..registry import op
@@ -32,6 +32,7 @@ from .common import (
     next_config,
     require_abs,
     resolve_disk,
+    resync_info,
     volume_info,
     writable_group,
 )
@@ -59,7 +60,11 @@ async def op_status(srv: VolumeServer, sess: Session, req: m.StatusRequest, payl
         attachments=[a for key in sorted({d.volume for d in srv.table.by_id.values()})
                      for a in attachments(srv, key, with_volume=True)],
         nodes=sorted((m.NodeSession(node=s.node, peer=s.peer, since=s.connected_at)
-                      for s in srv.sessions.values()), key=lambda n: n.node)), b""
+                      for s in srv.sessions.values()), key=lambda n: n.node),
+        degraded=[{"volume": f"{g.name}/{v.name}", "plex_states": list(v.plex_states),
+                   "resync": resync_info(srv, f"{g.name}/{v.name}", v)}
+                  for g in srv.groups.values() for v in g.config.volumes
+                  if any(st != "active" for st in v.plex_states)]), b""
 
 
 def ha_info(srv: VolumeServer, now: float) -> dict | None:
@@ -226,10 +231,13 @@ async def op_dg_repair(srv: VolumeServer, sess: Session, req: m.DgRepairRequest,
         if group.missing:
             raise InvalidArgument(f"disk group {name} is missing disks; cannot repair")
         await srv.check_owner(group)
+        back = await mirrors.reopen_failed(group)
         cfg = next_config(group.config, group.config.volumes)
-        repaired = await trio.to_thread.run_sync(_repair_group, group, cfg)
+        repaired = [f"disk {b} is back" for b in back]
+        repaired += await trio.to_thread.run_sync(_repair_group, group, cfg)
         srv.install_config(group, cfg)
     log.warning("repaired disk group %s: %s", name, "; ".join(repaired) or "nothing to do")
+    await mirrors.resume_all(srv, group)        # stale plexes whose disks work: resync
     return m.DgRepairReply(repaired=repaired, group=group_info(srv, group)), b""
 
 
@@ -361,6 +369,7 @@ async def _reinstate(srv: VolumeServer, group: Group, vol: Volume, delegs: list[
     for d in delegs:
         if srv.table.by_id.get(d.id) is d and d.state == "revoked" and d.reason == "reconfigure":
             srv.table.reinstate(d, now)
+            d.map_gen = max(d.map_gen, group.config.generation)
             sess = srv.sessions.get(d.node)
             if sess is not None:
                 await sess.push(m.ReinstatePush(delegation=d.id, volume=d.volume, map=wire_map))

@@ -16,7 +16,7 @@ from fencevol.protocol.messages import Attachment, DiskInfo, GroupInfo, VolumeIn
 
 from .. import allocator, storage
 from ..delegations import ACTIVE
-from ..model import GroupConfig, Volume
+from ..model import SYNCING, GroupConfig, Volume
 from ..storage import Disk, Group
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def disk_info(srv: VolumeServer, d: Disk) -> DiskInfo:
         free = allocator.free_bytes(allocator.free_map(group.config), d.id)
     else:
         free = max(0, d.size - ondisk.PRIVATE_SIZE)
-    problems = list(d.problems)
+    problems = list(d.problems) + ([f"failed: {d.failed}"] if d.failed else [])
     used = len(json.dumps(d.pr.to_json(), separators=(",", ":")))
     if used > 0.8 * ondisk.slot_capacity(ondisk.PR):
         problems.append(f"reservation table {100 * used // ondisk.slot_capacity(ondisk.PR)}% full "
@@ -39,7 +39,7 @@ def disk_info(srv: VolumeServer, d: Disk) -> DiskInfo:
     return DiskInfo(name=d.name, id=d.id, path=d.path, size=d.size,
                     public_size=max(0, d.size - (lab.public_offset if lab else ondisk.PRIVATE_SIZE)),
                     free=free, group=lab.dg_name if lab else "",
-                    state="error" if problems else "ok", problems=problems)
+                    state="failed" if d.failed else "error" if problems else "ok", problems=problems)
 
 
 def all_disk_infos(srv: VolumeServer) -> list[DiskInfo]:
@@ -95,7 +95,20 @@ def volume_info(srv: VolumeServer, g: Group, v: Volume, detail: bool = False, **
                       columns=v.columns, mirrors=len(v.plexes), stripe_unit=v.stripe_unit,
                       kind=v.kind, extents=sum(1 for _ in v.subdisks()),
                       attached=attachments(srv, key), cluster_id=v.cluster_id or None,
-                      plexes=plexes, **extra)
+                      plexes=plexes, plex_states=list(v.plex_states),
+                      resync=resync_info(srv, key, v), **extra)
+
+
+def resync_info(srv: VolumeServer, key: str, v: Volume) -> dict | None:
+    """Progress of a resync of ``key`` that runs, failed, or waits (syncing plexes
+    and nothing running: e.g. the server is just starting)."""
+    run = srv.resyncs.get(key)
+    if run is not None and (run.running or (run.error and SYNCING in v.plex_states)):
+        return run.describe()
+    if SYNCING in v.plex_states:
+        return {"done": v.resync_done, "size": v.size, "percent": round(100.0 * v.resync_done / v.size, 1),
+                "rate": 0, "running": False, "error": ""}
+    return None
 
 
 # --- disks ----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ..membership import check_registration_key
 from ..model import Volume
 from ..ownership import NotOwner
 from ..registry import op
+from ..mirrors import node_map
 from ..storage import Disk, Group, write_pr_all
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ def registered_everywhere(srv: VolumeServer, d: Delegation) -> bool:
         group, vol = srv.find_volume(d.volume)
     except FencevolError:
         return False
-    return all(d.key in group.disks[i].pr.registrations for i in vol.disk_ids() if i in group.disks)
+    return all(d.key in group.disks[i].pr.registrations for i in vol.disk_ids()
+               if i in group.disks and not group.disks[i].failed)
 
 
 def keys_in_use(srv: VolumeServer) -> set[int]:
@@ -96,7 +98,8 @@ async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, n
         if key in disk.pr.preempted:
             raise ReservationConflict(f"key {format_key(key)} of node {node} was preempted (on disk "
                                       f"{disk.name}); the node must rejoin the cluster for a new key")
-    todo = [group.disks[i] for i in sorted(vol.disk_ids()) if key not in group.disks[i].pr.registrations]
+    todo = [group.disks[i] for i in sorted(vol.disk_ids())
+            if key not in group.disks[i].pr.registrations and not group.disks[i].failed]
     if not todo:
         return []
     await srv.check_owner(group)
@@ -115,10 +118,8 @@ async def register_key(srv: VolumeServer, group: Group, vol: Volume, key: int, n
 
 # --- attach and delegations -----------------------------------------------------------------
 def _delegation_reply(srv: VolumeServer, d: Delegation, group: Group, vol: Volume) -> m.AttachReply:
-    wire_map = srv.map_wire(group, vol)
-    if vol.kind == "coordinator":      # ¶0050: nodes reach it only through the server
-        for disk in wire_map["disks"]:
-            disk["path"] = ""
+    wire_map = node_map(srv, group, vol)   # ¶0050: coordinator volumes only through the server
+    d.map_gen = max(d.map_gen, group.config.generation)
     return m.AttachReply(
         delegation={"id": d.id, "mode": d.mode, "volume": d.volume, "lease": srv.lease_terms_wire()},
         map=wire_map,
@@ -234,6 +235,11 @@ async def op_renew(srv: VolumeServer, sess: Session, req: m.RenewRequest, payloa
             if problem is not None:
                 results[i] = m.RenewResult(False, "expired", problem.to_wire())
                 continue
+        if d is not None and d.node == sess.node and d.map_want > d.map_gen:
+            results[i] = m.RenewResult(False, "expired", Revoked(
+                f"the map of {d.volume} changed and node {d.node} did not acknowledge it; "
+                "attach again").to_wire())
+            continue
         if d is not None and d.node == sess.node and d.key and not registered_everywhere(srv, d):
             results[i] = m.RenewResult(False, "fenced", Fenced(
                 f"node {d.node}'s registration on {d.volume} was preempted").to_wire())

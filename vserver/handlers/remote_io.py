@@ -10,7 +10,7 @@ import trio
 
 from fencevol import directio
 from fencevol.coord import format_key
-from fencevol.errors import InvalidArgument, NoSpace, ReservationConflict
+from fencevol.errors import InvalidArgument, IOFailure, NoSpace, ReservationConflict
 from fencevol.extents import ExtentMap
 from fencevol.protocol import messages as m
 
@@ -24,11 +24,15 @@ if TYPE_CHECKING:
 MAX_IO = 8 << 20
 
 
-def _plexes(emap: ExtentMap, plex: int | None):
-    """All plexes, or only ``plex`` (a client sending the segments it cannot reach
-    itself)."""
+def _plexes(emap: ExtentMap, plex: int | None, write: bool):
+    """The plexes to read (active ones) or write (active ones first, then those
+    being resynced: vserver/mirrors.py), or only ``plex`` (a client sending the
+    segments it cannot reach itself)."""
     if plex is None:
-        return emap.plexes
+        if not write:
+            return [emap.plexes[p] for p in emap.readable]
+        return [emap.plexes[p] for p in emap.readable] + [
+            emap.plexes[p] for p in emap.writable if p not in emap.readable]
     if not 0 <= plex < len(emap.plexes):
         raise InvalidArgument(f"plex must be 0-{len(emap.plexes) - 1}")
     return [emap.plexes[plex]]
@@ -42,7 +46,10 @@ async def op_read(srv: VolumeServer, sess: Session, req: m.ReadRequest, payload)
     length = max(0, min(req.length, vol.size - req.offset))
     # Blocking O_DIRECT read on the event loop: at most MAX_IO bytes, from a node
     # without a path of its own (rare); a worker-thread hop costs more than it saves.
-    data = volume_read(group, emap, _plexes(emap, req.plex)[0], req.offset, length)
+    try:
+        data = volume_read(group, emap, _plexes(emap, req.plex, False)[0], req.offset, length)
+    except OSError as exc:
+        raise IOFailure(f"the server's read of {vol.name} failed: {exc}") from None
     return m.ReadReply(length=length), data
 
 
@@ -58,7 +65,10 @@ async def op_write(srv: VolumeServer, sess: Session, req: m.WriteRequest, payloa
             raise ReservationConflict(f"disk {ref.name}: node {d.node}'s key "
                                       f"{format_key(d.key)} is not registered (fenced)")
     # O_DIRECT write on the event loop, like op_read's read; only the sync goes to a thread.
-    fds = volume_write(group, emap, _plexes(emap, req.plex), req.offset, payload)
+    try:
+        fds = volume_write(group, emap, _plexes(emap, req.plex, True), req.offset, payload)
+    except OSError as exc:
+        raise IOFailure(f"the server's write to {vol.name} failed: {exc}") from None
     if req.sync:
         await trio.to_thread.run_sync(directio.fdatasync_all, fds)
     return m.WriteReply(length=len(payload)), b""

@@ -1,0 +1,184 @@
+"""Mirror recovery with real faults (docs/MIRRORS.md): the disk under one plex dies
+under fio (a bindfs mount killed: every descriptor on it fails), the plex is
+detached and fio sees no error; the disk comes back and the plex is resynced while
+fio writes on; the server is killed -9 in the middle of a resync and resumes it;
+a dead disk is replaced by a new one. Every time the plexes end byte-identical."""
+
+import json
+import signal
+import subprocess
+
+import pytest
+from conftest import extent_map
+from testbed.disks import VanishingDir
+from testbed.processes import Server, vctl, vctl_json, wait_for
+from testbed.records import read_backing
+
+pytestmark = pytest.mark.fuse
+
+SIZE = 32 << 20
+
+
+@pytest.fixture
+def vanishing(tmp_path):
+    v = VanishingDir(tmp_path)
+    try:
+        yield v
+    finally:
+        v.close()
+
+
+SERVER_ARGS = {     # a slow resync where a test must catch it under way
+    "test_plex_failure_under_fio_then_resync_while_writing": ("--resync-rate", "8M"),
+    "test_server_kill_mid_resync_resumes_it": ("--resync-rate", "4M"),
+}
+
+
+@pytest.fixture
+def server(tmp_path, request):
+    srv = Server(tmp_path / "state", *SERVER_ARGS.get(request.node.name, ()))
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def fios():
+    runs: list[subprocess.Popen] = []
+    try:
+        yield runs
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+def mirror(server, tmp_path, vanishing) -> None:
+    """dg1/m: a 32 MiB mirror, plex 0 on d0 (behind the vanishing bindfs), plex 1 on d1."""
+    vctl(server, "disk", "init", str(vanishing.path / "d0.img"), "--size", "64M")
+    vctl(server, "disk", "init", str(tmp_path / "d1.img"), "--size", "64M")
+    vctl(server, "dg", "create", "dg1", str(vanishing.path / "d0.img"), str(tmp_path / "d1.img"))
+    vctl(server, "vol", "create", "dg1", "m", "32M", "--layout", "mirror", "--mirrors", "2")
+    show = vctl_json(server, "vol", "show", "dg1/m")
+    assert show["plexes"][0]["columns"][0]["subdisks"][0]["disk"] == "d0", show
+
+
+def fio(runs: list, path, runtime: float) -> subprocess.Popen:
+    runs.append(subprocess.Popen(
+        ["fio", "--name=mirror", f"--filename={path}", "--rw=randrw", "--bs=4k", f"--size={SIZE}",
+         "--ioengine=libaio", "--iodepth=4", "--direct=1", "--time_based", f"--runtime={runtime}",
+         "--output-format=json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return runs[-1]
+
+
+def fio_result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    return {"error": job["error"], "writes": job["write"]["total_ios"], "reads": job["read"]["total_ios"]}
+
+
+def written(client, volume, at_least: int) -> bool:
+    return client.volume_status(volume)["bytes_written"] >= at_least
+
+
+def states(server, volume="dg1/m") -> list[str]:
+    return vctl_json(server, "vol", "show", volume)["plex_states"]
+
+
+def plexes_identical(server, volume="dg1/m") -> None:
+    emap = extent_map(server, volume)
+    a, b = (read_backing(emap, p, 0, SIZE) for p in (0, 1))
+    same = a == b
+    if not same:
+        diff = next(i for i in range(0, SIZE, 4096) if a[i:i + 4096] != b[i:i + 4096])
+        raise AssertionError(f"plexes differ, first at offset {diff}")
+
+
+@pytest.mark.timeout(240)
+def test_plex_failure_under_fio_then_resync_while_writing(server, tmp_path, vanishing, clients, fios):
+    mirror(server, tmp_path, vanishing)
+    c = clients(1, "dg1/m")
+    run = fio(fios, c.path("dg1/m"), 6)
+    wait_for(lambda: written(c, "dg1/m", 2 << 20), 30, "fio writing")
+    vanishing.vanish()
+    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
+    result = fio_result(run)
+    assert result["error"] == 0 and result["writes"] > 0, result
+    st = c.volume_status("dg1/m")
+    assert st["plex_states"] == ["stale", "active"] and st["read_plex"] == 1, st
+    assert "detaching them" in c.log_text()
+    assert vctl_json(server, "status")["degraded"][0]["plex_states"] == ["stale", "active"]
+    # The disk comes back; repair reopens it and resyncs plex 0 while fio writes on.
+    vanishing.revive()
+    run = fio(fios, c.path("dg1/m"), 8)
+    wait_for(lambda: written(c, "dg1/m", st["bytes_written"] + (1 << 20)), 30, "fio writing again")
+    repaired = vctl_json(server, "dg", "repair", "dg1")
+    assert any("d0 is back" in r for r in repaired["repaired"]), repaired
+    wait_for(lambda: (vctl_json(server, "vol", "show", "dg1/m").get("resync") or {}).get("done", 0) > 0,
+             20, "resync under way")
+    show = vctl_json(server, "vol", "show", "dg1/m")
+    assert show["plex_states"] == ["syncing", "active"] and 0 <= show["resync"]["percent"] < 100, show
+    out = vctl(server, "vol", "resync", "dg1/m").stdout      # waits; no bar: not a terminal
+    assert "plex 0 active, plex 1 active" in out, out
+    result = fio_result(run)
+    assert result["error"] == 0 and result["writes"] > 0, result
+    assert c.volume_status("dg1/m")["plex_states"] == ["active", "active"]
+    plexes_identical(server)
+    assert "the write fails" not in c.log_text() and c.proc.poll() is None
+
+
+@pytest.mark.timeout(240)
+def test_server_kill_mid_resync_resumes_it(server, tmp_path, vanishing, clients, fios):
+    mirror(server, tmp_path, vanishing)
+    c = clients(1, "dg1/m")
+    run = fio(fios, c.path("dg1/m"), 4)
+    wait_for(lambda: written(c, "dg1/m", 1 << 20), 30, "fio writing")
+    vanishing.vanish()
+    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
+    assert fio_result(run)["error"] == 0
+    vanishing.revive()
+    run = fio(fios, c.path("dg1/m"), 14)
+    vctl(server, "vol", "resync", "dg1/m", "--no-wait")
+    # The position is checkpointed every 2 s: wait for one past a quarter.
+    wait_for(lambda: vctl_json(server, "vol", "show", "dg1/m")["resync"]["percent"] > 40, 30,
+             "resync past 40%")
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    server.start(listen=server.address)
+    show = vctl_json(server, "vol", "show", "dg1/m")
+    assert show["plex_states"] == ["syncing", "active"], show
+    assert show["resync"]["done"] > 0, show            # resumed from its checkpoint, not from 0
+    vctl(server, "vol", "resync", "dg1/m")             # waits for the end
+    assert states(server) == ["active", "active"]
+    result = fio_result(run)
+    assert result["error"] == 0 and result["writes"] > 0, result
+    plexes_identical(server)
+    assert "resync complete" in server.log_text()
+
+
+@pytest.mark.timeout(240)
+def test_dead_disk_replaced(server, tmp_path, vanishing, clients, fios):
+    mirror(server, tmp_path, vanishing)
+    c = clients(1, "dg1/m")
+    run = fio(fios, c.path("dg1/m"), 8)
+    wait_for(lambda: written(c, "dg1/m", 1 << 20), 30, "fio writing")
+    vanishing.vanish()
+    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
+    vctl(server, "disk", "init", str(tmp_path / "d2.img"), "--size", "64M")
+    out = vctl(server, "disk", "replace", "d0", str(tmp_path / "d2.img")).stdout
+    assert "replaced by" in out, out
+    show = vctl_json(server, "vol", "show", "dg1/m")
+    assert show["plex_states"] == ["active", "active"], show
+    assert show["plexes"][0]["columns"][0]["subdisks"][0]["disk"] == "d2", show
+    group = [g for g in vctl_json(server, "dg", "list") if g["name"] == "dg1"][0]
+    assert sorted(group["disks"]) == ["d1", "d2"] and group["state"] == "ok", group
+    result = fio_result(run)
+    assert result["error"] == 0 and result["writes"] > 0, result
+    plexes_identical(server)
+    # Nothing to replace twice, and the last copy is never given up.
+    bad = vctl(server, "disk", "replace", "d2", str(tmp_path / "d1.img"), check=False)
+    assert bad.returncode != 0 and "already belongs" in bad.stderr, bad.stderr

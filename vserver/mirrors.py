@@ -1,0 +1,351 @@
+"""Mirror plexes after a fault: detach, map updates every holder acknowledges, and
+resync (docs/MIRRORS.md has the argument).
+
+* **Detach.** A node whose write failed on some plexes but reached an active one
+  asks (``plex_detach``) before it acknowledges the write: the plexes become
+  ``stale`` in the group configuration (written to every disk still working), and
+  every other holder installs the new map before the node gets its answer. From
+  then on nobody reads a stale plex, so no node can read data older than a write
+  that was acknowledged.
+* **Map updates** (``update_maps``). The server pushes the map and waits until each
+  holder acknowledged it -- a node acknowledges once no write under an older map is
+  in flight -- or can no longer be valid. A holder that has not acknowledged is
+  not renewed (``op_renew``): it attaches again and gets the new map, so a frozen
+  node cannot resume writing under an old map.
+* **Resync.** Stale plexes whose disks work become ``syncing``: once every holder
+  writes them (a map update), a task copies the volume from an active plex, chunk
+  by chunk, checkpointing its position in the configuration, and makes them
+  ``active`` at the end. While a plex syncs, nodes write the active plexes first and
+  the syncing ones after those completed; the copy re-reads the source after
+  writing a chunk and copies again if it changed. So any node write either is in
+  the source the copy read, or changes the source after the read (copied again),
+  or reaches the syncing plex after the copy's write of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from fencevol import directio
+from fencevol.errors import FencevolError, IOFailure, NotFound
+from fencevol.protocol import messages as m
+
+from . import storage
+from .model import ACTIVE, STALE, SYNCING, GroupConfig, Volume
+from .storage import Disk, Group
+
+if TYPE_CHECKING:
+    from .delegations import Delegation
+    from .server import VolumeServer
+
+log = logging.getLogger("vserver.mirrors")
+
+CHUNK = 1 << 20                 # bytes copied per step
+CHECKPOINT_SECONDS = 2.0        # how often the position is written to the configuration
+MAX_COPIES = 16                 # a chunk written this often while its source kept changing: pause
+
+
+@dataclass
+class Resync:
+    """A running (or failed) resync of one volume, for status output."""
+    volume: str
+    size: int
+    done: int
+    started: float = 0.0        # wall clock
+    copied: int = 0             # bytes copied by this run
+    error: str = ""
+    running: bool = True
+
+    def describe(self) -> dict:
+        elapsed = max(time.time() - self.started, 1e-6)
+        return {"done": self.done, "size": self.size,
+                "percent": round(100.0 * self.done / self.size, 1) if self.size else 100.0,
+                "rate": int(self.copied / elapsed), "running": self.running, "error": self.error}
+
+
+def volume_with(vol: Volume, **changes) -> Volume:
+    changes.setdefault("plex_states", list(vol.plex_states))
+    return dataclasses.replace(vol, **changes)
+
+
+def next_config(cfg: GroupConfig, vol: Volume, new: Volume) -> GroupConfig:
+    return GroupConfig(id=cfg.id, name=cfg.name, generation=cfg.generation + 1, disks=cfg.disks,
+                       volumes=[new if v.id == vol.id else v for v in cfg.volumes])
+
+
+async def commit(srv: VolumeServer, group: Group, cfg: GroupConfig) -> None:
+    async with srv.config_lock:
+        cfg.validate()
+        await srv.check_owner(group)
+        await trio.to_thread.run_sync(storage.write_config, group, cfg)
+        srv.install_config(group, cfg)
+
+
+# -- map updates --------------------------------------------------------------------------------
+def node_map(srv: VolumeServer, group: Group, vol: Volume) -> dict:
+    wire = srv.map_wire(group, vol)
+    if vol.kind == "coordinator":      # nodes reach it only through the server
+        for disk in wire["disks"]:
+            disk["path"] = ""
+    return wire
+
+
+async def update_maps(srv: VolumeServer, group: Group, vol: Volume, skip: str = "") -> None:
+    """Push ``vol``'s map to every holder but ``skip`` and wait until each
+    acknowledged it or can no longer be valid."""
+    key = f"{group.name}/{vol.name}"
+    gen = group.config.generation
+    wire = node_map(srv, group, vol)
+    delegs = [d for d in srv.table.on_volume(key) if d.id != skip and d.map_gen < gen]
+    for d in delegs:
+        d.map_want = max(d.map_want, gen)
+        sess = srv.sessions.get(d.node)
+        if sess is not None and d.connected:
+            await sess.push(m.MapPush(delegation=d.id, volume=key, map=wire))
+    while True:
+        now = trio.current_time()
+        pending = [d for d in delegs if srv.table.by_id.get(d.id) is d and d.map_gen < gen
+                   and srv.table.may_be_valid(d, now)]
+        if not pending:
+            return
+        await srv.wait_change(srv.table.next_deadline(pending))
+        await srv.expire_now()
+
+
+def acknowledge_map(srv: VolumeServer, d: Delegation, generation: int) -> None:
+    if generation > d.map_gen:
+        d.map_gen = generation
+        srv.notify()
+
+
+# -- detach -------------------------------------------------------------------------------------
+async def detach_plexes(srv: VolumeServer, d: Delegation, plexes: list[int], reason: str) -> dict:
+    """Mark ``plexes`` of ``d``'s volume stale (unless they are already), have every
+    other holder install the map, and return it. IOFailure if that would leave no
+    active plex."""
+    async with srv.mirror_locks[d.volume]:
+        group, vol = srv.find_volume(d.volume)
+        if any(not 0 <= p < len(vol.plexes) for p in plexes):
+            raise IOFailure(f"{d.volume} has no plex {plexes}")
+        states = list(vol.plex_states)
+        todo = [p for p in plexes if states[p] != STALE]
+        if todo:
+            for p in todo:
+                states[p] = STALE
+            if ACTIVE not in states:
+                raise IOFailure(f"{d.volume}: plex(es) {', '.join(map(str, todo))} cannot be "
+                                "detached: no other plex is active")
+            new = volume_with(vol, plex_states=states,
+                              resync_done=vol.resync_done if SYNCING in states else 0)
+            await commit(srv, group, next_config(group.config, vol, new))
+            log.error("%s: plex(es) %s detached (stale) after a failed write on node %d: %s",
+                      d.volume, ", ".join(map(str, todo)), d.node, reason)
+            vol = new
+        await update_maps(srv, group, vol, skip=d.id)
+        d.map_gen = max(d.map_gen, group.config.generation)
+        return node_map(srv, group, vol)
+
+
+# -- disks coming back ----------------------------------------------------------------------------
+def reopen_disk(disk: Disk) -> bool:
+    """Open a failed disk's path again; on success put the new file behind the old
+    descriptor number (nothing holding the number reaches a wrong file) and
+    re-read its metadata. Blocking."""
+    try:
+        fresh = Disk.open(disk.path)
+    except (FencevolError, OSError) as exc:
+        log.warning("disk %s (%s) is still unusable: %s", disk.name, disk.path, exc)
+        return False
+    try:
+        if fresh.id != disk.id:
+            log.warning("disk %s: %s now holds disk %s; not reopened", disk.name, disk.path,
+                        fresh.id or "without a label")
+            return False
+        os.dup2(fresh.fd, disk.fd)
+    finally:
+        fresh.close()
+    disk.reload()
+    disk.failed = ""
+    log.warning("disk %s (%s) is back", disk.name, disk.path)
+    return True
+
+
+async def reopen_failed(group: Group) -> list[str]:
+    back = []
+    for disk_id, disk in list(group.disks.items()):
+        if disk.failed and await trio.to_thread.run_sync(reopen_disk, disk):
+            back.append(disk.name)
+    return back
+
+
+# -- resync -------------------------------------------------------------------------------------
+def syncable(group: Group, vol: Volume, p: int) -> bool:
+    return all(sd.disk in group.disks and not group.disks[sd.disk].failed
+               for col in vol.plexes[p] for sd in col)
+
+
+async def start_resync(srv: VolumeServer, group: Group, vol: Volume) -> Volume:
+    """Make the stale plexes of ``vol`` whose disks work ``syncing`` and start (or
+    resume) the copy. Returns the volume as configured now."""
+    key = f"{group.name}/{vol.name}"
+    async with srv.mirror_locks[key]:
+        group, vol = srv.find_volume(key)
+        stale = [p for p in vol.plexes_in(STALE) if syncable(group, vol, p)]
+        if stale:
+            states = list(vol.plex_states)
+            for p in stale:
+                states[p] = SYNCING
+            new = volume_with(vol, plex_states=states, resync_done=0)
+            await commit(srv, group, next_config(group.config, vol, new))
+            log.warning("%s: resync of plex(es) %s starts", key, ", ".join(map(str, stale)))
+            vol = new
+        if not vol.plexes_in(SYNCING):
+            return vol
+        running = srv.resyncs.get(key)
+        if running is None or not running.running:
+            srv.resyncs[key] = Resync(key, vol.size, vol.resync_done, time.time())
+            srv.background.start_soon(_resync_task, srv, key)
+        return vol
+
+
+async def resume_all(srv: VolumeServer, group: Group) -> None:
+    """At start, after a repair or a disk came back: resync every volume of the
+    group that has syncing plexes, or stale ones whose disks work."""
+    for vol in list(group.config.volumes):
+        if vol.plexes_in(SYNCING) or any(syncable(group, vol, p) for p in vol.plexes_in(STALE)):
+            try:
+                await start_resync(srv, group, vol)
+            except FencevolError as exc:
+                log.error("%s/%s: resync not started: %s", group.name, vol.name, exc)
+
+
+async def _resync_task(srv: VolumeServer, key: str) -> None:
+    state = srv.resyncs[key]
+    try:
+        await _resync(srv, key, state)
+    except (FencevolError, OSError) as exc:
+        state.error = str(exc)
+        log.error("%s: resync stopped at %d of %d bytes: %s", key, state.done, state.size, exc)
+    finally:
+        state.running = False
+
+
+async def _resync(srv: VolumeServer, key: str, state: Resync) -> None:
+    group, vol = srv.find_volume(key)
+    # Every holder must write the syncing plexes before anything is copied (also
+    # after a restart: an update may have been under way when the server stopped).
+    await update_maps(srv, group, vol)
+    rate = srv.settings.resync_rate
+    checkpoint = trio.current_time()
+    t0, copied0 = trio.current_time(), 0
+    while True:
+        try:
+            group, vol = srv.find_volume(key)
+        except NotFound:
+            return                       # removed meanwhile
+        targets = vol.plexes_in(SYNCING)
+        if not targets:
+            return                       # detached meanwhile
+        if state.done >= vol.size:
+            break
+        if not srv.owner_is_fresh(group):
+            await srv.check_owner(group)     # NotOwner: another server runs it now
+        emap = srv.extent_map(group, vol)
+        source = vol.plexes_in(ACTIVE)[0]
+        n = min(CHUNK, vol.size - state.done)
+        failed = await trio.to_thread.run_sync(_copy_chunk, group, emap, source, targets,
+                                               state.done, n)
+        if failed:
+            await _detach_targets(srv, key, failed)
+            continue
+        state.done += n
+        state.copied += n
+        now = trio.current_time()
+        if now - checkpoint >= CHECKPOINT_SECONDS:
+            await _checkpoint(srv, key, state.done)
+            checkpoint = now
+        if rate:
+            ahead = t0 + (state.copied - copied0) / rate - trio.current_time()
+            if ahead > 0:
+                await trio.sleep(ahead)
+    async with srv.mirror_locks[key]:
+        group, vol = srv.find_volume(key)
+        await trio.to_thread.run_sync(fdatasync_targets, group, srv.extent_map(group, vol),
+                                      vol.plexes_in(SYNCING))
+        states = [ACTIVE if st == SYNCING else st for st in vol.plex_states]
+        new = volume_with(vol, plex_states=states, resync_done=0)
+        await commit(srv, group, next_config(group.config, vol, new))
+        log.warning("%s: resync complete (%d bytes); plex(es) %s active", key, vol.size,
+                    ", ".join(map(str, vol.plexes_in(SYNCING))))
+        await update_maps(srv, group, new)
+
+
+async def _checkpoint(srv: VolumeServer, key: str, done: int) -> None:
+    """Record the position, once what was copied before it is on the disks."""
+    async with srv.mirror_locks[key]:
+        group, vol = srv.find_volume(key)
+        if vol.plexes_in(SYNCING):
+            await trio.to_thread.run_sync(fdatasync_targets, group, srv.extent_map(group, vol),
+                                          vol.plexes_in(SYNCING))
+            await commit(srv, group, next_config(group.config, vol, volume_with(vol, resync_done=done)))
+
+
+async def _detach_targets(srv: VolumeServer, key: str, plexes: list[int]) -> None:
+    async with srv.mirror_locks[key]:
+        group, vol = srv.find_volume(key)
+        states = [STALE if p in plexes else st for p, st in enumerate(vol.plex_states)]
+        new = volume_with(vol, plex_states=states, resync_done=0)
+        await commit(srv, group, next_config(group.config, vol, new))
+        log.error("%s: resync could not write plex(es) %s; detached again", key,
+                  ", ".join(map(str, plexes)))
+        await update_maps(srv, group, new)
+
+
+def _copy_chunk(group: Group, emap, source: int, targets: list[int], off: int, n: int) -> list[int]:
+    """Copy ``[off, off + n)`` from plex ``source`` to ``targets`` until the source
+    reads the same after the copy as before it; return the targets that failed.
+    IOFailure if the source cannot be read. Blocking."""
+    for attempt in range(MAX_COPIES):
+        data = _read(group, emap, source, off, n)
+        failed = []
+        for p in targets:
+            try:
+                _write(group, emap, p, off, data)
+            except OSError as exc:
+                failed.append(p)
+                for disk, _, _, _ in emap.plexes[p].segments(off, n):
+                    group.disks[emap.disks[disk].id].fail(exc)
+        if failed:
+            return failed
+        if _read(group, emap, source, off, n) == data:
+            return []
+        time.sleep(0.001 * (attempt + 1))    # the source is being written: let it settle
+    raise IOFailure(f"offset {off}: the source plex kept changing during {MAX_COPIES} copies")
+
+
+def _read(group: Group, emap, plex: int, off: int, n: int) -> bytes:
+    try:
+        return storage.volume_read(group, emap, emap.plexes[plex], off, n)
+    except OSError as exc:
+        raise IOFailure(f"cannot read source plex {plex}: {exc}") from None
+
+
+def _write(group: Group, emap, plex: int, off: int, data: bytes) -> None:
+    view = memoryview(data)
+    for disk, doff, boff, ln in emap.plexes[plex].segments(off, len(data)):
+        d = group.disks[emap.disks[disk].id]
+        directio.write_range(d.fd, doff, view[boff:boff + ln], d.block)
+
+
+def fdatasync_targets(group: Group, emap, targets: list[int]) -> None:
+    for p in targets:
+        for col in emap.plexes[p].columns:
+            for disk in col.disks:
+                os.fdatasync(group.disks[emap.disks[disk].id].fd)
