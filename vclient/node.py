@@ -25,6 +25,7 @@ from fencevol.errors import (
 )
 from fencevol.lease import LeaseTerms
 from fencevol.modes import parse_mode
+from fencevol.sdnotify import Notifier
 from fencevol.protocol.messages import (
     AttachRequest,
     DetachRequest,
@@ -101,6 +102,7 @@ class Node:
         self._attach_lock = trio.Lock()
         self._reattaching: set[str] = set()
         self._stopping = trio.Event()
+        self.systemd = Notifier()         # Type=notify under systemd; does nothing elsewhere
         # Registration key: cluster nodes get their incarnation from the coordinator
         # at join; a standalone node picks a random one per start.
         self.cluster = FenceDriver(self, opts.cluster) if opts.cluster else None
@@ -172,6 +174,9 @@ class Node:
                 log.info("node %d ready: %d volume(s) under %s", self.opts.node_id,
                          len(self.volumes), self.opts.mount)
                 print(f"vclient node {self.opts.node_id} mounted {self.opts.mount}", flush=True)
+                self.systemd.ready(f"node {self.opts.node_id}: {len(self.volumes)} volume(s) "
+                                   f"under {self.opts.mount}")
+                nursery.start_soon(self.systemd.keep_alive, self._healthy)
                 task_status.started()
                 await self._stopping.wait()
                 await self._shutdown()
@@ -186,6 +191,11 @@ class Node:
             if self.watchdog is not None:
                 self.watchdog.close()
 
+    def _healthy(self) -> bool:
+        """Feed systemd's watchdog only while the node's own fencing watchdog is up:
+        without it writes are paused, and a restart brings it back."""
+        return self.watchdog is None or not self.watchdog.down_reason
+
     async def _serve_fuse(self) -> None:
         try:
             await self.mount.serve()
@@ -196,6 +206,7 @@ class Node:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s, unmounting", signal.Signals(signum).name)
+                self.systemd.stopping("unmounting")
                 self.stop()
 
     def stop(self) -> None:

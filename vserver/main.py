@@ -17,6 +17,7 @@ from fencevol.clock import BOOTTIME
 from fencevol.errors import InvalidArgument
 from fencevol.lease import LeaseTerms
 from fencevol.rpc import parse_address
+from fencevol.sdnotify import Notifier
 from fencevol.units import parse_size
 
 from .handlers import dispatch
@@ -26,6 +27,7 @@ from .ownership import OwnerTerms
 from .server import DEFAULT_PORT, DEFAULT_STATE_DIR, Settings, VolumeServer
 
 log = logging.getLogger("vserver")
+SYSTEMD = Notifier()      # Type=notify under systemd; does nothing elsewhere
 
 CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds": (int, float),
                "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
@@ -147,6 +149,8 @@ async def serve(settings: Settings) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             await nursery.start(server.serve)
+            SYSTEMD.ready(f"serving on {server.listen_address}")
+            nursery.start_soon(SYSTEMD.keep_alive)
     finally:
         server.close()
         log.info("stopped")
@@ -173,12 +177,16 @@ async def serve_ha(settings: Settings) -> None:
             nursery.start_soon(leadership.keep_alive)
             log.info("HA cluster %s on etcd %s: standing by until elected", settings.ha.cluster,
                      ",".join(settings.ha.endpoints))
+            SYSTEMD.ready(f"standing by in HA cluster {settings.ha.cluster}")
+            nursery.start_soon(SYSTEMD.keep_alive)
             await leadership.campaign()
             if not leadership.lost.is_set():
                 state, delegations = await leadership.load()
                 server.leader = leadership
                 server.load_shared(state or {}, delegations or [])
                 await nursery.start(server.serve)
+                SYSTEMD.status(f"leader of HA cluster {settings.ha.cluster}, serving on "
+                               f"{server.listen_address}")
                 await leadership.lost.wait()
             nursery.cancel_scope.cancel()       # stop serving at once
     finally:
@@ -196,6 +204,7 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
+            SYSTEMD.stopping("shutting down")
             scope.cancel()
             return
 

@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         return c
 
     cmd(sub, "status", "server, disks, groups, attachments with lease state", cmd_status)
+    c = cmd(sub, "install-units", "install the systemd units fencevol-server.service and "
+            "fencevol-client@.service (instance: the node id); runs locally", cmd_install_units)
+    c.add_argument("--dir", default="/etc/systemd/system", metavar="DIR",
+                   help="where to put them (default /etc/systemd/system)")
+    c.add_argument("--config-dir", default="/etc/fencevol", metavar="DIR",
+                   help="where the units look for vserver.toml and node-N.toml (default /etc/fencevol)")
+    c.add_argument("--bin-dir", default=os.path.dirname(os.path.abspath(sys.argv[0])), metavar="DIR",
+                   help="where vserver and vclient are (default: next to this vctl)")
 
     disk = sub.add_parser("disk", help="initialize and list disks").add_subparsers(
         dest="verb", required=True, metavar="VERB")
@@ -408,6 +416,35 @@ def cmd_vol_resize(args) -> None:
     if args.json:
         return print_json(v)
     print(f"resized {v['name']} to {format_size(v['size'])} in {time.monotonic() - t0:.2f}s")
+
+
+UNITS = ("fencevol-server.service", "fencevol-client@.service")
+
+
+def cmd_install_units(args) -> None:
+    from importlib import resources
+
+    from fencevol.errors import InvalidArgument
+    for tool in ("vserver", "vclient"):
+        if not os.access(os.path.join(args.bin_dir, tool), os.X_OK):
+            raise InvalidArgument(f"no {tool} in {args.bin_dir}; give --bin-dir")
+    if not os.path.isdir(args.dir):
+        raise InvalidArgument(f"{args.dir} is not a directory")
+    written = []
+    for name in UNITS:
+        text = resources.files("fencevol").joinpath("systemd", name).read_text()
+        text = text.replace("@BINDIR@", args.bin_dir).replace("@CONFDIR@", args.config_dir)
+        path = os.path.join(args.dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        written.append(path)
+    if args.json:
+        return print_json({"installed": written})
+    for path in written:
+        print(f"installed {path}")
+    print("next: systemctl daemon-reload; systemctl enable --now fencevol-server "
+          "fencevol-client@N (configuration in " + args.config_dir + ")")
 
 
 def cmd_vol_resync(args) -> None:

@@ -80,8 +80,9 @@ class Server:
     """A ``vserver serve`` subprocess on its own state directory."""
 
     def __init__(self, state_dir: Path, *extra: str, log: Path | None = None,
-                 detached: bool = False):
+                 detached: bool = False, env: dict | None = None):
         self.detached = detached
+        self.spawn_env = env
         self.state_dir = Path(state_dir)
         self.extra = list(extra)
         self.log = log or self.state_dir.parent / f"{self.state_dir.name}-vserver.log"
@@ -104,12 +105,13 @@ class Server:
         self._close_pipe()
         if not wait:
             self.proc = spawn([str(VENV_BIN / "vserver"), "serve", "--state-dir", str(self.state_dir),
-                               "--listen", listen, *self.extra], self.log, self.detached)
+                               "--listen", listen, *self.extra], self.log, self.detached,
+                              self.spawn_env)
             self.address = listen
             return self
         self.proc, line = launch([str(VENV_BIN / "vserver"), "serve", "--state-dir", str(self.state_dir),
                                   "--listen", listen, *self.extra], self.log, "vserver", 20,
-                                 self.detached)
+                                 self.detached, self.spawn_env)
         self.address = line.rsplit(" ", 1)[-1]
         return self
 
