@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -38,7 +39,58 @@ def single_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def setup_logging(prog: str, level: str = "info") -> None:
+LOG_CONTEXT: list[Callable[[], dict]] = []
+"""Providers of fields every JSON log line carries (a node: its id, incarnation and
+membership generation)."""
+
+_VOLUME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def event_name(record: logging.LogRecord) -> str:
+    """A stable name for what a line reports: its logger and the first words of its
+    message template (the same for every line the statement writes)."""
+    template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+    words = re.sub(r"%[-#0 +]*[\d.]*[sdrfgx]", " ", template.lower())
+    words = re.findall(r"[a-z]+", words)[:5]
+    return f"{record.name}." + "_".join(words)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, program, pid, logger, event, message;
+    the context providers' fields; ``volume`` from ``extra`` or a DG/VOL first
+    argument; the traceback if any."""
+
+    def __init__(self, prog: str):
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+               "level": record.levelname.lower(), "prog": self.prog, "pid": record.process,
+               "logger": record.name, "event": getattr(record, "event", None) or event_name(record),
+               "message": record.getMessage()}
+        for provide in LOG_CONTEXT:
+            try:
+                out.update(provide())
+            except Exception:           # a log line must never fail
+                pass
+        volume = getattr(record, "volume", None)
+        if volume is None and isinstance(record.args, tuple) and record.args \
+                and isinstance(record.args[0], str) and _VOLUME.match(record.args[0]):
+            volume = record.args[0]
+        if volume:
+            out["volume"] = volume
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"), default=str)
+
+
+def setup_logging(prog: str, level: str = "info", fmt: str = "text") -> None:
+    if fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter(prog))
+        logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+        return
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format=f"%(asctime)s {prog}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",

@@ -80,8 +80,13 @@ class BackingDisks:
                         acc.reason = f"{path} holds disk {found or 'without a valid label'}, not {ref.id}"
         if acc.local:
             log.info("disk %s: local at %s", ref.name, path)
+        elif acc.reason == "configured remote":
+            log.info("disk %s: remote I/O through the server (configured)", ref.name)
         else:
-            log.warning("disk %s: using remote I/O through the server (%s)", ref.name, acc.reason)
+            log.error("disk %s: NO LOCAL PATH (%s): all its I/O goes through the server, which is "
+                      "slow. If this host sees the disk under another path, map it: "
+                      "--disk-path %s=PATH, or %s = \"PATH\" under [disk_paths] in the config file",
+                      ref.name, acc.reason, ref.name, ref.name)
         return acc
 
     @staticmethod

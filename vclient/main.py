@@ -16,7 +16,7 @@ from fencevol.modes import parse_mode
 from fencevol.rpc import parse_address, parse_servers
 from fencevol.units import format_size
 
-from . import control
+from . import config, control
 from .cluster import ClusterOptions
 from .node import Node, NodeOptions
 
@@ -67,55 +67,59 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the node agent in the foreground",
                        description="Connect to the volume server, attach volumes and mount them "
                        "as files MOUNT/DG/VOL. SIGTERM/SIGINT unmount cleanly.")
-    r.add_argument("--node-id", type=int, required=True, metavar="N", help="this node's id (1-65535)")
+    r.add_argument("--config", metavar="FILE",
+                   help="TOML configuration (docs/OPERATIONS.md); flags override it")
+    r.add_argument("--node-id", type=int, metavar="N", help="this node's id (1-65535; required)")
     r.add_argument("--server", metavar="HOST:PORT", action="append",
                    help=f"volume server (default {DEFAULT_SERVER}); repeat it, or give "
                         "HOST:PORT,HOST:PORT, for the servers of an HA control plane")
     r.add_argument("--key-file", metavar="FILE",
-                   default=os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
                    help=f"this node's credential (`vctl key issue`) or the cluster key "
                         f"(default {DEFAULT_KEY})")
-    r.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("FENCEVOL_TLS_CA") or None,
+    r.add_argument("--tls-ca", metavar="PEM",
                    help="talk TLS to the server, trusting certificates of this CA")
-    r.add_argument("--mount", required=True, metavar="DIR", help="mount point")
-    r.add_argument("--attach", action="append", default=[], type=_volume_spec,
+    r.add_argument("--mount", metavar="DIR", help="mount point (required)")
+    r.add_argument("--attach", action="append", type=_volume_spec,
                    metavar="DG/VOL[:MODE]", help="attach at start (repeatable; MODE rw|ro|ew|ex)")
-    r.add_argument("--pause-timeout", type=float, default=30.0, metavar="SECONDS",
+    r.add_argument("--pause-timeout", type=float, metavar="SECONDS",
                    help="how long paused I/O waits before failing with EIO (default 30)")
     r.add_argument("--control", metavar="PATH",
                    help="control socket (default /run/fencevol/vclient-N.sock)")
-    r.add_argument("--disk-path", action="append", default=[], type=_disk_path, metavar="DISK=PATH",
+    r.add_argument("--disk-path", action="append", type=_disk_path, metavar="DISK=PATH",
                    help="open disk DISK (id or name) at PATH instead of the server's path")
-    r.add_argument("--remote-disk", action="append", default=[], metavar="DISK",
+    r.add_argument("--remote-disk", action="append", metavar="DISK",
                    help="reach DISK (id or name) only through the server's remote I/O")
-    r.add_argument("--max-tasks", type=int, default=99, help="FUSE requests in flight (default 99)")
-    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--max-tasks", type=int, help="FUSE requests in flight (default 99)")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--log-format", choices=["text", "json"],
+                   help="json: one object per line with node id, incarnation, generation, volume "
+                        "and event fields (for journald and log shippers; default text)")
     w = r.add_argument_group("watchdog self-fencing (docs/FENCING.md)")
-    w.add_argument("--watchdog", choices=["on", "off"], default="on",
+    w.add_argument("--watchdog", choices=["on", "off"],
                    help="kill this agent before the server can declare it fenced when it stops "
                         "making progress or a write outlives its lease (default on; off is "
                         "unsafe on shared disks)")
-    w.add_argument("--watchdog-slack", type=float, default=0.5, metavar="S",
+    w.add_argument("--watchdog-slack", type=float, metavar="S",
                    help="time left for the kill before the server's fence wait ends (default 0.5)")
-    w.add_argument("--hw-watchdog", metavar="DEVICE", default="",
+    w.add_argument("--hw-watchdog", metavar="DEVICE",
                    help="also keep this watchdog device (e.g. /dev/watchdog) alive: a whole-host "
                         "hang then resets the host")
     c = r.add_argument_group("cluster membership and fencing (docs/FENCING.md)")
     c.add_argument("--cluster-id", metavar="ID", help="run as a member of this cluster")
     c.add_argument("--coordinator", metavar="DG/NAME", help="the cluster's coordinator volume")
-    c.add_argument("--heartbeat", action="append", default=[], type=_address, metavar="HOST:PORT",
+    c.add_argument("--heartbeat", action="append", type=_address, metavar="HOST:PORT",
                    help="listen for heartbeats here; repeat for a second link")
-    c.add_argument("--peer", action="append", default=[], type=_peer,
+    c.add_argument("--peer", action="append", type=_peer,
                    metavar="ID=HOST:PORT[,HOST:PORT]", help="another node and its link addresses")
-    c.add_argument("--hb-interval", type=float, default=0.25, metavar="S",
+    c.add_argument("--hb-interval", type=float, metavar="S",
                    help="heartbeat interval (default 0.25)")
-    c.add_argument("--hb-timeout", type=float, default=1.25, metavar="S",
+    c.add_argument("--hb-timeout", type=float, metavar="S",
                    help="a peer is lost after this long unheard (default 1.25)")
-    c.add_argument("--race-timeout", type=float, default=10.0, metavar="S",
+    c.add_argument("--race-timeout", type=float, metavar="S",
                    help="how long a racer may try to get the coordinator (default 10)")
-    c.add_argument("--join-timeout", type=float, default=15.0, metavar="S",
+    c.add_argument("--join-timeout", type=float, metavar="S",
                    help="how long join and leave retry for the coordinator (default 15)")
-    c.add_argument("--no-join", action="store_true", help="do not join at start (`vclient join` later)")
+    c.add_argument("--no-join", action="store_true", default=None, help="do not join at start (`vclient join` later)")
 
     def local(name, help_):
         c = sub.add_parser(name, help=help_, description=help_)
@@ -149,8 +153,26 @@ def _control_path(args) -> str:
     raise InvalidArgument(f"{len(found)} vclients are running; give --node-id or --control")
 
 
+RUN_DEFAULTS = {
+    "server": None, "key_file": os.environ.get("FENCEVOL_KEY_FILE", DEFAULT_KEY),
+    "tls_ca": os.environ.get("FENCEVOL_TLS_CA") or None, "attach": [], "pause_timeout": 30.0,
+    "control": None, "disk_path": [], "remote_disk": [], "max_tasks": 99, "log_level": "info",
+    "log_format": "text", "metrics": None, "watchdog": "on", "watchdog_slack": 0.5,
+    "hw_watchdog": "", "cluster_id": None, "coordinator": None, "heartbeat": [], "peer": [],
+    "hb_interval": 0.25, "hb_timeout": 1.25, "race_timeout": 10.0, "join_timeout": 15.0,
+    "no_join": False,
+}
+PARSERS = {"volume": _volume_spec, "address": _address, "peer": _peer}
+
+
 def cmd_run(args) -> int:
-    setup_logging(f"vclient-{args.node_id}", args.log_level)
+    settings = config.load(args.config, PARSERS) if args.config else {}
+    config.apply(args, settings, RUN_DEFAULTS)
+    if args.node_id is None:
+        raise InvalidArgument("the node id is required: --node-id N (or node_id in --config)")
+    if not args.mount:
+        raise InvalidArgument("a mount point is required: --mount DIR (or mount in --config)")
+    setup_logging(f"vclient-{args.node_id}", args.log_level, args.log_format)
     from . import selftest
     if os.environ.get(selftest.SWITCH):
         if selftest.apply(os.environ[selftest.SWITCH]) in selftest.WITHOUT_WATCHDOG:

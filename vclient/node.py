@@ -25,6 +25,7 @@ from fencevol.errors import (
 )
 from fencevol.lease import LeaseTerms
 from fencevol.modes import parse_mode
+from fencevol.cli import LOG_CONTEXT
 from fencevol.sdnotify import Notifier
 from fencevol.protocol.messages import (
     AttachRequest,
@@ -103,6 +104,7 @@ class Node:
         self._reattaching: set[str] = set()
         self._stopping = trio.Event()
         self.systemd = Notifier()         # Type=notify under systemd; does nothing elsewhere
+        LOG_CONTEXT.append(self._log_context)
         # Registration key: cluster nodes get their incarnation from the coordinator
         # at join; a standalone node picks a random one per start.
         self.cluster = FenceDriver(self, opts.cluster) if opts.cluster else None
@@ -190,6 +192,13 @@ class Node:
             self.backing.close()
             if self.watchdog is not None:
                 self.watchdog.close()
+
+    def _log_context(self) -> dict:
+        out = {"node_id": self.opts.node_id}
+        if self.cluster is not None:
+            out["incarnation"] = self.cluster.incarnation
+            out["generation"] = self.cluster.generation
+        return out
 
     def _healthy(self) -> bool:
         """Feed systemd's watchdog only while the node's own fencing watchdog is up:

@@ -33,7 +33,8 @@ CONFIG_KEYS = {"state_dir": str, "listen": str, "key_file": str, "lease_seconds"
                "lease_margin_seconds": (int, float), "lease_guard_seconds": (int, float),
                "scan": list, "log_level": str, "require_node_credentials": bool,
                "tls_cert": str, "tls_key": str, "owner_lease_seconds": (int, float),
-               "etcd": str, "ha_cluster": str, "etcd_lease_seconds": int, "resync_rate": str}
+               "etcd": str, "ha_cluster": str, "etcd_lease_seconds": int, "resync_rate": str,
+               "log_format": str, "metrics": str}
 
 
 def load_config(path: str) -> dict:
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy at most this much per second when resynchronizing a mirror "
                         "plex, e.g. 50M (default: no limit)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", choices=["text", "json"],
+                   help="json: one object per line with event and volume fields (default text)")
     return p
 
 
@@ -102,7 +105,7 @@ def owner_terms(expiry: float) -> OwnerTerms:
                       guard=expiry / 5)
 
 
-def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
+def settings_from(args: argparse.Namespace) -> tuple[Settings, str, str]:
     cfg = load_config(args.config) if args.config else {}
     defaults = LeaseTerms()
     lease = LeaseTerms(
@@ -137,7 +140,10 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str]:
                                  HaTerms(ttl=ttl))
     elif args.ha_cluster or args.etcd_lease is not None:
         raise InvalidArgument("--ha-cluster and --etcd-lease need --etcd")
-    return settings, args.log_level or cfg.get("log_level", "info")
+    fmt = args.log_format or cfg.get("log_format", "text")
+    if fmt not in ("text", "json"):
+        raise InvalidArgument(f"log_format must be text or json, not {fmt!r}")
+    return settings, args.log_level or cfg.get("log_level", "info"), fmt
 
 
 async def serve(settings: Settings) -> None:
@@ -212,8 +218,8 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 def main(argv: list[str] | None = None) -> None:
     def _main() -> int:
         args = build_parser().parse_args(argv)
-        settings, level = settings_from(args)
-        setup_logging("vserver", level)
+        settings, level, fmt = settings_from(args)
+        setup_logging("vserver", level, fmt)
         logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per etcd call otherwise
         try:
             trio.run(serve, settings, clock=BOOTTIME)
