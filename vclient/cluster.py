@@ -71,7 +71,10 @@ class ClusterOptions:
 class Stats:
     races: int = 0
     races_won: int = 0
+    race_seconds: float = 0.0       # summed over every race, won or lost
     fences_requested: int = 0
+    fences_done: int = 0
+    fence_seconds: float = 0.0      # summed over the confirmed fences
     last_change: dict = field(default_factory=dict)
     last_fence: dict = field(default_factory=dict)
     history: list = field(default_factory=list)     # bounded event log, wall-clock times
@@ -368,6 +371,13 @@ class FenceDriver:
                  time.monotonic() - t0, self.state, self.generation, sorted(self.members))
 
     async def _race(self, sub: frozenset[int]) -> None:
+        t0 = time.monotonic()
+        try:
+            await self._race_for(sub)
+        finally:
+            self.stats.race_seconds += time.monotonic() - t0
+
+    async def _race_for(self, sub: frozenset[int]) -> None:
         self.state = RACING
         self.stats.races += 1
         self._announce()
@@ -481,6 +491,8 @@ class FenceDriver:
         finally:
             self.fencing = []
         self.unfenced = {}
+        self.stats.fences_done += 1
+        self.stats.fence_seconds += time.monotonic() - t0
         self.stats.last_fence = self.stats.record(
             "fenced", victims=victims, incarnations={str(v): i for v, i in incarnations.items()},
             seconds=round(time.monotonic() - t0, 3),

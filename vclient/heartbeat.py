@@ -111,6 +111,8 @@ class Heartbeats:
         self._kick = trio.Event()
         self.sent = 0
         self.received = 0
+        self.sent_on = [0] * len(links)        # per heartbeat link
+        self.received_on = [0] * len(links)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -228,6 +230,8 @@ class Heartbeats:
             self._problem("peers", f"node {sender} has a different peer list", now)
             self._log(f"peers{sender}", now, "node %d has a different peer list than this node", sender)
         self.received += 1
+        if 0 <= link < len(self.received_on):
+            self.received_on[link] += 1
         changed = (peer.generation, peer.state, peer.members) != (
             int(msg.get("g", 0)), str(msg.get("st", "")), frozenset(msg.get("m", [])))
         was_reachable = (now - peer.last_heard < self.timeout
@@ -286,6 +290,7 @@ class Heartbeats:
                         try:
                             await sock.sendto(self._tagged(body, peer.node), peer.addresses[i])
                             self.sent += 1
+                            self.sent_on[i] += 1
                         except OSError as exc:
                             log.debug("heartbeat to node %d link %d: %s", peer.node, i, exc)
             with trio.move_on_after(self.interval):

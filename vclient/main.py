@@ -12,6 +12,7 @@ import trio
 from fencevol.cli import print_json, print_table, run_main, setup_logging
 from fencevol.clock import BOOTTIME
 from fencevol.errors import InvalidArgument
+from fencevol.metrics import parse_listen
 from fencevol.modes import parse_mode
 from fencevol.rpc import parse_address, parse_servers
 from fencevol.units import format_size
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach DISK (id or name) only through the server's remote I/O")
     r.add_argument("--max-tasks", type=int, help="FUSE requests in flight (default 99)")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     r.add_argument("--log-format", choices=["text", "json"],
                    help="json: one object per line with node id, incarnation, generation, volume "
                         "and event fields (for journald and log shippers; default text)")
@@ -207,7 +210,8 @@ def cmd_run(args) -> int:
         control_path=args.control or "", disk_paths=dict(args.disk_path),
         remote_disks=set(args.remote_disk), max_tasks=args.max_tasks,
         watchdog=args.watchdog == "on", watchdog_slack=args.watchdog_slack,
-        hw_watchdog=args.hw_watchdog, cluster=cluster, tls_ca=args.tls_ca or "")
+        hw_watchdog=args.hw_watchdog, cluster=cluster, tls_ca=args.tls_ca or "",
+        metrics=parse_listen(args.metrics) if args.metrics else None)
     trio.run(Node(opts).run, clock=BOOTTIME)
     return 0
 

@@ -71,6 +71,7 @@ class NodeOptions:
     hw_watchdog: str = ""
     cluster: ClusterOptions | None = None
     tls_ca: str = ""
+    metrics: tuple[str, int] | None = None     # serve Prometheus metrics here
 
     def __post_init__(self):
         # Resolved once, before mounting: stat-ing our own mount point from the
@@ -104,6 +105,7 @@ class Node:
         self._reattaching: set[str] = set()
         self._stopping = trio.Event()
         self.systemd = Notifier()         # Type=notify under systemd; does nothing elsewhere
+        self.metrics_address = ""
         LOG_CONTEXT.append(self._log_context)
         # Registration key: cluster nodes get their incarnation from the coordinator
         # at join; a standalone node picks a random one per start.
@@ -150,6 +152,13 @@ class Node:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_signals)
                 nursery.start_soon(self.dio.pump)
+                if self.opts.metrics is not None:
+                    from fencevol import metrics
+
+                    from . import metrics as node_metrics
+                    self.metrics_address = await nursery.start(
+                        metrics.serve, self.opts.metrics,
+                        metrics.registry_for(lambda: node_metrics.collect(self)))
                 if self.watchdog is not None:
                     await self.watchdog.start()
                     nursery.start_soon(self.watchdog.run)
@@ -496,6 +505,7 @@ class Node:
             "fuse": self.mount.stats() if self.mount is not None else None,
             "io": self.dio.describe(),
             "watchdog": self.watchdog.describe() if self.watchdog else {"enabled": False},
+            "metrics": self.metrics_address,
         }
         if self.cluster is not None:
             st["cluster"] = self.cluster.describe()

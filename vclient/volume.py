@@ -18,12 +18,14 @@ plex has them; the gate publishes that count to the node's watchdog."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from fencevol.errors import FencevolError, IOFailure, NoSpace, Unavailable
 from fencevol.extents import ExtentMap
+from fencevol.metrics import Latency
 from fencevol.modes import MODE_NAMES, can_write
 from fencevol.protocol.messages import PlexDetachRequest, ReadRequest, SyncRequest, WriteRequest
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .link import ServerLink
 
 log = logging.getLogger("vclient.volume")
+_now_ns = time.perf_counter_ns
 
 DEFAULT_BLOCK = 512
 
@@ -66,8 +69,12 @@ class AttachedVolume:
         self.writable_fds: set[int] = set()
         self.remote_dirty = False
         self.bytes_read = 0
+        self.reads = 0
+        self.read_latency = Latency()
         self.read_failovers = 0
         self.bytes_written = 0
+        self.writes = 0
+        self.write_latency = Latency()
         self.partial_writes = 0
         self._writes = 0                          # block-aligned writes in flight
         self._idle: trio.Event | None = None      # set when _writes drops to 0
@@ -130,6 +137,7 @@ class AttachedVolume:
 
     # -- reads ----------------------------------------------------------------------------
     async def read(self, off: int, size: int):
+        t0 = _now_ns()
         if off >= self.size or size <= 0:
             return b""
         if off + size > self.size:
@@ -148,6 +156,8 @@ class AttachedVolume:
         # are only handed out on this thread.
         self.dio.give(buf)
         self.bytes_read += size
+        self.reads += 1
+        self.read_latency.observe(_now_ns() - t0)
         return buf.view[off - start:off - start + size]
 
     async def _read_range(self, start: int, length: int, buf, at: int) -> None:
@@ -203,6 +213,7 @@ class AttachedVolume:
 
     # -- writes ---------------------------------------------------------------------------
     async def write(self, off: int, data) -> int:
+        t0 = _now_ns()
         size = self.size
         n = len(data)
         if off >= size:
@@ -211,7 +222,10 @@ class AttachedVolume:
             data = memoryview(data)[:size - off]
             n = size - off
         if (off | n) & (self.block - 1):
-            return await self._write_partial(off, data)
+            n = await self._write_partial(off, data)
+            self.writes += 1
+            self.write_latency.observe(_now_ns() - t0)
+            return n
         while self._exclusive is not None:
             await self._exclusive.wait()
         gate = self.gate
@@ -229,6 +243,8 @@ class AttachedVolume:
             if not self._writes and self._idle is not None:
                 self._idle.set()
         self.bytes_written += n
+        self.writes += 1
+        self.write_latency.observe(_now_ns() - t0)
         return n
 
     async def _write_partial(self, off: int, data) -> int:

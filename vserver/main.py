@@ -16,6 +16,7 @@ from fencevol.cli import run_main, setup_logging
 from fencevol.clock import BOOTTIME
 from fencevol.errors import InvalidArgument
 from fencevol.lease import LeaseTerms
+from fencevol.metrics import parse_listen
 from fencevol.rpc import parse_address
 from fencevol.sdnotify import Notifier
 from fencevol.units import parse_size
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy at most this much per second when resynchronizing a mirror "
                         "plex, e.g. 50M (default: no limit)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     s.add_argument("--log-format", choices=["text", "json"],
                    help="json: one object per line with event and volume fields (default text)")
     return p
@@ -128,6 +131,9 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, str, str]:
         owner=owner_terms(args.owner_lease if args.owner_lease is not None
                           else cfg.get("owner_lease_seconds", OwnerTerms().expiry)),
     )
+    metrics = args.metrics or cfg.get("metrics")
+    if metrics:
+        settings.metrics = parse_listen(metrics)
     rate = args.resync_rate or cfg.get("resync_rate")
     if rate:
         settings.resync_rate = parse_size(rate, what="resync rate")

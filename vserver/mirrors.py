@@ -145,6 +145,7 @@ async def detach_plexes(srv: VolumeServer, d: Delegation, plexes: list[int], rea
             new = volume_with(vol, plex_states=states,
                               resync_done=vol.resync_done if SYNCING in states else 0)
             await commit(srv, group, next_config(group.config, vol, new))
+            srv.counters["plex_detaches"] += 1
             log.error("%s: plex(es) %s detached (stale) after a failed write on node %d: %s",
                       d.volume, ", ".join(map(str, todo)), d.node, reason)
             vol = new
@@ -171,7 +172,15 @@ def reopen_disk(disk: Disk) -> bool:
         os.dup2(fresh.fd, disk.fd)
     finally:
         fresh.close()
+    table = disk.pr                 # this server's, kept up to date while the disk was dead
     disk.reload()
+    if table.to_json() != disk.pr.to_json():
+        disk.pr = table             # registrations and fences made meanwhile
+        try:
+            disk.write_pr()
+        except OSError as exc:
+            log.warning("disk %s failed again: %s", disk.name, exc)
+            return False
     disk.failed = ""
     log.warning("disk %s (%s) is back", disk.name, disk.path)
     return True

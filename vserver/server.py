@@ -4,6 +4,7 @@ and persistence. It runs each request through the ``dispatch`` it is given
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fcntl
 import json
@@ -85,6 +86,7 @@ class Settings:
     owner: ownership.OwnerTerms = field(default_factory=ownership.OwnerTerms)  # disk-group lease
     ha: HaSettings | None = None                    # --etcd: one of several servers (vserver.leader)
     resync_rate: int = 0                            # bytes/s a mirror resync copies at most (0: no limit)
+    metrics: tuple[str, int] | None = None          # serve Prometheus metrics here
 
     @property
     def key_path(self) -> str:
@@ -154,6 +156,8 @@ class VolumeServer:
         self.mirror_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)  # vserver/mirrors.py
         self.resyncs: dict[str, Any] = {}         # volume -> mirrors.Resync
         self.background: trio.Nursery | None = None
+        self.counters: collections.Counter = collections.Counter()  # for vserver/metrics.py
+        self.metrics_address = ""
         self._persist_lock = trio.Lock()
         self._changed = trio.Event()
         self._maps: dict[str, ExtentMap] = {}
@@ -517,6 +521,13 @@ class VolumeServer:
         try:
             async with trio.open_nursery() as nursery:
                 self.background = nursery
+                if self.settings.metrics is not None:
+                    from fencevol import metrics as prometheus
+
+                    from . import metrics
+                    self.metrics_address = await nursery.start(
+                        prometheus.serve, self.settings.metrics,
+                        prometheus.registry_for(lambda: metrics.collect(self)))
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self._ownership_loop)
                 for group in list(self.groups.values()):

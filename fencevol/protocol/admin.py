@@ -92,6 +92,7 @@ class ServerInfo(Message):
     grace_remaining: float
     lease: dict[str, Any]
     ha: dict[str, Any] | None = None       # HA leader: cluster, epoch, etcd endpoints
+    metrics: str | None = None              # where Prometheus metrics are served
 
 
 @message

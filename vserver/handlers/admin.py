@@ -53,7 +53,8 @@ async def op_status(srv: VolumeServer, sess: Session, req: m.StatusRequest, payl
                           state_dir=srv.settings.state_dir, pid=os.getpid(),
                           uptime=round(now - srv.started_at, 3),
                           grace_remaining=round(max(0.0, grace_left), 3),
-                          lease=srv.lease_terms_wire(), ha=ha_info(srv, now))
+                          lease=srv.lease_terms_wire(), ha=ha_info(srv, now),
+                          metrics=srv.metrics_address or None)
     return m.StatusReply(
         server=server, disks=all_disk_infos(srv),
         groups=[group_info(srv, g) for g in srv.groups.values()],

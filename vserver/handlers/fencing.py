@@ -232,6 +232,9 @@ async def op_fence(srv: VolumeServer, sess: Session, req: m.FenceRequest, payloa
                     refused[group] = str(exc)
             if refused[group]:
                 unowned.append((disk, refused[group]))
+            elif disk.failed:             # dead: written when it comes back (mirrors.reopen_disk)
+                log.warning("fence: disk %s has failed; its reservation table is written when "
+                            "it is back", disk.name)
             else:
                 changed.append(disk)
         failed = await trio.to_thread.run_sync(_persist_each, changed) + unowned
@@ -254,6 +257,8 @@ async def op_fence(srv: VolumeServer, sess: Session, req: m.FenceRequest, payloa
                             "keys are refused by this server, and the fence is retried -- repair "
                             "the disk (`vctl dg repair`)")
     seconds = trio.current_time() - t0
+    srv.counters["fences"] += 1
+    srv.counters["fence_seconds"] += seconds
     log.warning("node %d fenced nodes %s of cluster %s: %d key(s) preempted, acknowledged by %s, "
                 "lease expired for %s, %.3fs", sess.node, names, members.cluster_id, preempted, acked,
                 expired, seconds)

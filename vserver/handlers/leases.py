@@ -197,6 +197,7 @@ async def _grant(srv: VolumeServer, sess: Session, group: Group, vol: Volume, ke
             await srv.wait_change(until)
             await srv.expire_now()
         d = srv.table.grant(key, node, mode, now, key=pr_key, session_id=sess.id)
+        srv.counters["grants"] += 1
         try:
             await srv.persist_delegations()
         except BaseException:
@@ -247,7 +248,9 @@ async def op_renew(srv: VolumeServer, sess: Session, req: m.RenewRequest, payloa
         try:
             srv.table.renew(i, sess.node, now, sess.id)
             results[i] = m.RenewResult(True)
+            srv.counters["renewals"] += 1
         except Revoked as exc:
+            srv.counters["renewals_refused"] += 1
             d = srv.table.by_id.get(i)
             state = "unknown" if d is None or d.node != sess.node else (
                 d.state if d.state in ("revoking", "revoked") else "expired")
