@@ -285,12 +285,17 @@ class AttachedVolume:
 
     async def _write_range(self, start: int, length: int, buf) -> None:
         """Write ``buf.view[:length]`` at the aligned volume offset ``start`` to every
-        writable plex of the map installed now."""
+        writable plex of the map installed now. Plexes that failed while another
+        took the write are detached (through the server) before it returns: the
+        write no longer counts as in flight under its map by then -- its disk I/O is
+        done -- so a map acknowledgement never waits for a detach (which may wait
+        for that very acknowledgement)."""
         serial = self._serial
         counts = self._map_writes
         counts[serial] = counts.get(serial, 0) + 1
+        emap = self.map
         try:
-            await self._write_plexes(self.map, self.fds, start, length, buf)
+            failed, error = await self._write_plexes(emap, self.fds, start, length, buf)
         finally:
             left = counts[serial] - 1
             if left:
@@ -299,13 +304,15 @@ class AttachedVolume:
                 del counts[serial]
                 if self._map_drained is not None:
                     self._map_drained.set()
+        if failed:
+            await self._detach(emap, sorted(failed), error)
 
     async def _write_plexes(self, emap: ExtentMap, fds: list[int], start: int, length: int,
-                            buf) -> None:
-        """Write every writable plex. A plex that fails while another took the write
-        is detached (through the server, before the write is acknowledged); if none
-        took it, the write fails. While plexes resync they are written only after the
-        active ones completed (the order the server's copy relies on)."""
+                            buf) -> tuple[set[int], FencevolError | None]:
+        """Write every writable plex; return the plexes that failed (to detach) and
+        the error, or raise it if no active plex took the write. While plexes
+        resync they are written only after the active ones completed (the order
+        the server's copy relies on)."""
         if len(emap.writable) == len(emap.readable):
             failed, error = await self._write_phase(emap, fds, emap.writable, start, length, buf)
         else:
@@ -315,10 +322,9 @@ class AttachedVolume:
                 more, error2 = await self._write_phase(emap, fds, syncing, start, length, buf)
                 failed |= more
                 error = error or error2
-        if failed:
-            if not set(emap.readable) - failed:
-                raise error
-            await self._detach(emap, sorted(failed), error)
+        if failed and not set(emap.readable) - failed:
+            raise error
+        return failed, error
 
     async def _write_phase(self, emap: ExtentMap, fds: list[int], plexes: list[int], start: int,
                            length: int, buf) -> tuple[set[int], FencevolError | None]:

@@ -234,7 +234,8 @@ def resize_volume(cfg: GroupConfig, vol: Volume, new_size: int) -> Volume:
             new_plex.append(col)
         plexes.append(new_plex)
     new = Volume(id=vol.id, name=vol.name, size=new_size, layout=vol.layout, plexes=plexes,
-                 stripe_unit=vol.stripe_unit, kind=vol.kind, cluster_id=vol.cluster_id)
+                 stripe_unit=vol.stripe_unit, kind=vol.kind, cluster_id=vol.cluster_id,
+                 plex_states=list(vol.plex_states), resync_done=min(vol.resync_done, new_size))
     assert all(plex_capacity(pl, new.stripe_unit) >= new_size for pl in new.plexes)
     return new
 
@@ -247,4 +248,39 @@ def _trim(col: list[Subdisk], keep: int) -> list[Subdisk]:
         n = min(sd.length, keep - pos)
         out.append(Subdisk(sd.disk, sd.offset, n))
         pos += n
+    return out
+
+
+def relocate_plex(cfg: GroupConfig, vol: Volume, plex: int, disk_id: str) -> list[list[Subdisk]]:
+    """A copy of plex ``plex`` of ``vol`` with every subdisk on ``disk_id`` replaced
+    by free space elsewhere in the group, column offsets unchanged: disks holding
+    the volume's other plexes are avoided while others have room (a mirror keeps
+    its copies on separate disks), the plex's other columns likewise. ``cfg`` is
+    not modified; NoSpace if it does not fit."""
+    free = _copy(free_map(cfg))
+    free.pop(disk_id, None)
+    others = {sd.disk for q, pl in enumerate(vol.plexes) if q != plex for col in pl for sd in col}
+    out = []
+    for c, col in enumerate(vol.plexes[plex]):
+        own_cols = {sd.disk for k, cl in enumerate(vol.plexes[plex]) if k != c for sd in cl}
+        candidates = [d.id for d in cfg.disks if d.id != disk_id]
+        preferred = [d for d in candidates if d not in others and d not in own_cols]
+        new_col: list[Subdisk] = []
+        for sd in col:
+            if sd.disk != disk_id:
+                new_col.append(sd)
+                continue
+            for allowed in (preferred, [d for d in candidates if d not in own_cols], candidates):
+                trial = _copy(free)
+                try:
+                    piece = _extend_column(trial, [], sd.length, allowed, None)
+                except NoSpace:
+                    continue
+                free = trial
+                new_col.extend(piece)
+                break
+            else:
+                raise NoSpace(f"no room in disk group {cfg.name} for {format_size(sd.length)} of "
+                              f"{vol.name} off its disk")
+        out.append(new_col)
     return out

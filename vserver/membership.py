@@ -11,8 +11,9 @@ import trio
 
 from fencevol import coord, directio
 from fencevol.coord import format_key
-from fencevol.errors import FencevolError, InvalidArgument
+from fencevol.errors import FencevolError, InvalidArgument, IOFailure
 
+from . import mirrors
 from .storage import Group, volume_read, volume_write
 
 if TYPE_CHECKING:
@@ -23,18 +24,41 @@ log = logging.getLogger("vserver.fencing")
 
 def read_membership(srv: VolumeServer, group: Group, vol) -> coord.Membership:
     """One O_DIRECT 4 KiB read on the event loop (cheaper than a thread hop; the
-    compare-and-swap calls it under its lock)."""
+    compare-and-swap calls it under its lock), from an active plex: the next one
+    if a mirror's plex cannot be read."""
     emap = srv.extent_map(group, vol)
-    raw = volume_read(group, emap, emap.plexes[0], 0, min(vol.size, coord.BLOCK))
-    return coord.decode(raw, f"coordinator {group.name}/{vol.name}")
+    error: OSError | None = None
+    for p in emap.readable:
+        try:
+            raw = volume_read(group, emap, emap.plexes[p], 0, min(vol.size, coord.BLOCK))
+        except OSError as exc:
+            error = exc
+            continue
+        return coord.decode(raw, f"coordinator {group.name}/{vol.name}")
+    raise IOFailure(f"coordinator {group.name}/{vol.name} cannot be read: {error}")
 
 
 async def write_membership(srv: VolumeServer, group: Group, vol, m: coord.Membership) -> None:
+    """Write the block to every writable plex, active ones first. A mirror plex
+    that fails is detached (before the caller acknowledges) if an active one took
+    the block; if none did, IOFailure."""
     emap = srv.extent_map(group, vol)
     data = coord.encode(m)
-    # The block goes out with O_DIRECT on the loop; the fdatasync waits in a thread.
-    fds = volume_write(group, emap, emap.plexes, 0, data)
+    fds: set[int] = set()
+    failed: list[int] = []
+    error: OSError | None = None
+    for p in emap.readable + [p for p in emap.writable if p not in emap.readable]:
+        try:
+            # The block goes out with O_DIRECT on the loop; the fdatasync waits in a thread.
+            fds |= volume_write(group, emap, [emap.plexes[p]], 0, data)
+        except OSError as exc:
+            failed.append(p)
+            error = exc
+    if failed and not set(emap.readable) - set(failed):
+        raise IOFailure(f"coordinator {group.name}/{vol.name} could not be written: {error}")
     await trio.to_thread.run_sync(directio.fdatasync_all, fds)
+    if failed:
+        await mirrors.detach_on_server(srv, group, vol, failed, str(error))
 
 
 def check_registration_key(srv: VolumeServer, node: int, key: int) -> None:

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -37,7 +37,7 @@ from fencevol import directio
 from fencevol.errors import FencevolError, IOFailure, NotFound
 from fencevol.protocol import messages as m
 
-from . import storage
+from . import allocator, storage
 from .model import ACTIVE, STALE, SYNCING, GroupConfig, Volume
 from .storage import Disk, Group
 
@@ -62,6 +62,8 @@ class Resync:
     copied: int = 0             # bytes copied by this run
     error: str = ""
     running: bool = True
+    restart: bool = False       # plexes joined: update every holder's map, copy from 0
+    finished: trio.Event = field(default_factory=trio.Event)
 
     def describe(self) -> dict:
         elapsed = max(time.time() - self.started, 1e-6)
@@ -154,6 +156,52 @@ async def detach_plexes(srv: VolumeServer, d: Delegation, plexes: list[int], rea
         return node_map(srv, group, vol)
 
 
+async def detach_on_server(srv: VolumeServer, group: Group, vol: Volume, plexes: list[int],
+                           reason: str) -> None:
+    """The server's own write (a coordinator block) failed on ``plexes``: mark them
+    stale. Coordinator volumes are read and written through the server only, so no
+    holder's map needs to change first; they get it pushed all the same."""
+    key = f"{group.name}/{vol.name}"
+    async with srv.mirror_locks[key]:
+        group, vol = srv.find_volume(key)
+        states = [STALE if p in plexes else st for p, st in enumerate(vol.plex_states)]
+        if states == vol.plex_states:
+            return
+        if ACTIVE not in states:
+            raise IOFailure(f"{key}: no plex would stay active")
+        new = volume_with(vol, plex_states=states,
+                          resync_done=vol.resync_done if SYNCING in states else 0)
+        await commit(srv, group, next_config(group.config, vol, new))
+        srv.counters["plex_detaches"] += 1
+        log.error("%s: plex(es) %s detached (stale) after the server's write failed: %s", key,
+                  ", ".join(map(str, plexes)), reason)
+    for d in srv.table.on_volume(key):
+        sess = srv.sessions.get(d.node)
+        if sess is not None and d.connected:
+            await sess.push(m.MapPush(delegation=d.id, volume=key, map=node_map(srv, group, new)))
+
+
+async def register_holders(srv: VolumeServer, group: Group, vol: Volume) -> None:
+    """Before a configuration puts ``vol`` on more disks (a resize, a replacement, an
+    evacuation): register every holder's key on the disks that lack it, so their
+    renewals do not find it missing there (which reads as a fence)."""
+    key = f"{group.name}/{vol.name}"
+    now = time.time()
+    changed: dict[str, Disk] = {}
+    for d in srv.table.on_volume(key):
+        if not d.key:
+            continue
+        for disk_id in vol.disk_ids():
+            disk = group.disks.get(disk_id)
+            if disk is None or disk.failed or d.key in disk.pr.registrations:
+                continue
+            disk.pr.register(d.key, d.node, now)     # ReservationConflict if tombstoned
+            changed[disk.id] = disk
+    if changed:
+        await srv.check_owner(group)
+        await trio.to_thread.run_sync(storage.write_pr_all, list(changed.values()))
+
+
 # -- disks coming back ----------------------------------------------------------------------------
 def reopen_disk(disk: Disk) -> bool:
     """Open a failed disk's path again; on success put the new file behind the old
@@ -218,9 +266,11 @@ async def start_resync(srv: VolumeServer, group: Group, vol: Volume) -> Volume:
         if not vol.plexes_in(SYNCING):
             return vol
         running = srv.resyncs.get(key)
+        if running is not None and running.running and stale:
+            running.restart = True      # a plex joined: the copy updates the maps, starts over
         if running is None or not running.running:
+            srv.start_background(_resync_task, srv, key)      # runs once this returns
             srv.resyncs[key] = Resync(key, vol.size, vol.resync_done, time.time())
-            srv.background.start_soon(_resync_task, srv, key)
         return vol
 
 
@@ -244,6 +294,7 @@ async def _resync_task(srv: VolumeServer, key: str) -> None:
         log.error("%s: resync stopped at %d of %d bytes: %s", key, state.done, state.size, exc)
     finally:
         state.running = False
+        state.finished.set()
 
 
 async def _resync(srv: VolumeServer, key: str, state: Resync) -> None:
@@ -262,6 +313,11 @@ async def _resync(srv: VolumeServer, key: str, state: Resync) -> None:
         targets = vol.plexes_in(SYNCING)
         if not targets:
             return                       # detached meanwhile
+        if state.restart:
+            state.restart = False
+            state.done = 0
+            await update_maps(srv, group, vol)
+            continue
         if state.done >= vol.size:
             break
         if not srv.owner_is_fresh(group):
@@ -358,3 +414,58 @@ def fdatasync_targets(group: Group, emap, targets: list[int]) -> None:
         for col in emap.plexes[p].columns:
             for disk in col.disks:
                 os.fdatasync(group.disks[emap.disks[disk].id].fd)
+
+
+# -- draining a disk ------------------------------------------------------------------------------
+def plexes_on(vol: Volume, disk_id: str) -> list[int]:
+    return [p for p, plex in enumerate(vol.plexes) if any(sd.disk == disk_id for col in plex for sd in col)]
+
+
+async def evacuate(srv: VolumeServer, key: str, disk_id: str) -> None:
+    """Move every subdisk of ``key`` off ``disk_id`` without losing a copy on the
+    way (LVM's pvmove, through a temporary mirror), one plex at a time:
+
+    1. the plex's copy, relocated (allocator.relocate_plex), is added as a syncing
+       plex and resynced;
+    2. the old plex becomes stale: every holder stops using it;
+    3. it takes the new copy's place (same disk addresses, active) and the
+       temporary plex goes. A holder still on step 2's map writes the temporary
+       plex: the same disk addresses, so nothing diverges; after its
+       acknowledgement the old space is free."""
+    while True:
+        group, vol = srv.find_volume(key)
+        todo = plexes_on(vol, disk_id)
+        if not todo:
+            return
+        p = todo[0]
+        async with srv.mirror_locks[key]:
+            group, vol = srv.find_volume(key)
+            new_plex = allocator.relocate_plex(group.config, vol, p, disk_id)
+            n = len(vol.plexes)
+            new = volume_with(vol, plexes=vol.plexes + [new_plex],
+                              plex_states=vol.plex_states + [SYNCING], resync_done=0)
+            await register_holders(srv, group, new)
+            await commit(srv, group, next_config(group.config, vol, new))
+            log.warning("%s: evacuating plex %d off disk %s through temporary plex %d", key, p,
+                        group.disks[disk_id].name if disk_id in group.disks else disk_id, n)
+        vol = await start_resync(srv, group, new)
+        run = srv.resyncs.get(key)
+        if run is not None:
+            await run.finished.wait()
+        group, vol = srv.find_volume(key)
+        if len(vol.plexes) <= n or vol.plex_states[n] != ACTIVE:
+            raise IOFailure(f"{key}: the copy off the disk did not complete"
+                            + (f" ({run.error})" if run and run.error else ""))
+        async with srv.mirror_locks[key]:
+            group, vol = srv.find_volume(key)
+            states = [STALE if q == p else st for q, st in enumerate(vol.plex_states)]
+            stale = volume_with(vol, plex_states=states)
+            await commit(srv, group, next_config(group.config, vol, stale))
+            await update_maps(srv, group, stale)
+            group, vol = srv.find_volume(key)
+            plexes = [vol.plexes[n] if q == p else pl for q, pl in enumerate(vol.plexes[:n])]
+            states = [ACTIVE if q == p else st for q, st in enumerate(vol.plex_states[:n])]
+            moved = volume_with(vol, plexes=plexes, plex_states=states)
+            await commit(srv, group, next_config(group.config, vol, moved))
+            await update_maps(srv, group, moved)
+        log.warning("%s: plex %d moved off the disk", key, p)

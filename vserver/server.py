@@ -155,6 +155,7 @@ class VolumeServer:
         self.vol_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self.mirror_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)  # vserver/mirrors.py
         self.resyncs: dict[str, Any] = {}         # volume -> mirrors.Resync
+        self.evacuations: dict[str, dict] = {}    # disk id -> {running, volumes, error}
         self.background: trio.Nursery | None = None
         self.counters: collections.Counter = collections.Counter()  # for vserver/metrics.py
         self.metrics_address = ""
@@ -343,6 +344,13 @@ class VolumeServer:
         log.info("disk group %s: owned by this server (epoch %d%s)", group.name, own.epoch,
                  ", taken over from another server" if own.took_over else "")
 
+    def start_background(self, fn, *args) -> None:
+        """Run a long job (a resync, an evacuation) beside the requests, for as long
+        as the server serves."""
+        if self.background is None:
+            raise Unavailable("the server is not serving yet; try again")
+        self.background.start_soon(fn, *args)
+
     async def owner_io(self, group: Group, fn, *args):
         """Run an owner-lease step on the group's working disks; a disk whose owner
         block fails is marked failed (a dead mirror disk must not cost the group)
@@ -424,7 +432,10 @@ class VolumeServer:
                     continue
                 try:
                     await self.owner_io(group, ownership.renew, own, group.name)
-                    self._check_config_not_newer(group)
+                    if not self.config_lock.locked():
+                        # A commit under way has written a newer generation to some
+                        # disks and not yet installed it here: not another server's.
+                        self._check_config_not_newer(group)
                 except ownership.NotOwner as exc:
                     log.error("%s", exc)
                 except (OSError, FencevolError) as exc:

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("new", metavar="NEW", help="path, name or id of an initialized disk in no group")
     c.add_argument("--no-wait", action="store_true", help="return once the resync started")
 
+    c = cmd(disk, "evacuate", "move every subdisk off a disk to free space in its group "
+            "while I/O goes on (a temporary mirror per plex, like pvmove)", cmd_disk_evacuate)
+    c.add_argument("disk", metavar="DISK", help="name, id or path")
+    c.add_argument("--no-wait", action="store_true", help="start it and return")
+
     dg = sub.add_parser("dg", help="disk groups").add_subparsers(dest="verb", required=True, metavar="VERB")
     c = cmd(dg, "create", "create a disk group from initialized disks", cmd_dg_create)
     c.add_argument("name", metavar="NAME")
@@ -464,6 +469,36 @@ def cmd_disk_replace(args) -> None:
     if args.json:
         return print_json(g)
     print(f"disk {args.old} replaced by {args.new} in disk group {g['name']}")
+
+
+def cmd_disk_evacuate(args) -> None:
+    r = call(args, proto.DiskEvacuateRequest(disk=args.disk))
+    if not args.no_wait:
+        _wait_evacuation(args, r["disk"], r["volumes"])
+    if args.json:
+        return print_json(r)
+    print(f"disk {r['disk']}: " + (f"{', '.join(r['volumes'])} moved off it" if r["volumes"]
+                                   else "nothing on it"))
+
+
+def _wait_evacuation(args, disk: str, volumes: list[str]) -> None:
+    """Until no volume has a subdisk on ``disk``; the resync of each temporary plex
+    shows a bar. An evacuation that stopped fails the command."""
+    from fencevol.errors import IOFailure
+    for name in volumes:
+        while True:
+            v = call(args, proto.VolShowRequest(volume=name))
+            if v.get("resync"):
+                _wait_resync(args, [name])
+                continue
+            if not any(sd["disk"] == disk for p in v["plexes"] for c in p["columns"]
+                       for sd in c["subdisks"]):
+                break
+            d = [x for x in call(args, proto.DiskListRequest())["disks"] if x["name"] == disk]
+            stopped = [p for x in d for p in x.get("problems", []) if p.startswith("evacuation stopped")]
+            if stopped:
+                raise IOFailure(f"disk {disk}: {stopped[0]}")
+            time.sleep(0.2)
 
 
 def cmd_dg_add_disk(args) -> None:

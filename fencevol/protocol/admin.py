@@ -275,6 +275,22 @@ class DiskReplaceRequest(Message):
 
 
 @message
+class DiskEvacuateRequest(Message):
+    """Move every subdisk off ``disk`` (name, id or path) to free space in its group,
+    through a temporary mirror plex per plex moved; runs in the background."""
+    OP: ClassVar[str] = "disk_evacuate"
+    disk: str
+
+
+@message
+class DiskEvacuateReply(Message):
+    OP: ClassVar[str] = "disk_evacuate"
+    KIND: ClassVar[str] = "reply"
+    disk: str
+    volumes: list[str]
+
+
+@message
 class DgAddDiskRequest(Message):
     OP: ClassVar[str] = "dg_add_disk"
     name: str

@@ -17,7 +17,7 @@ from .admin import (
     DgCreateRequest, DgListRequest, DgListReply, DgImportRequest, DgRepairRequest,
     DgRepairReply, VolCreateRequest, VolListRequest, VolListReply, VolShowRequest,
     VolRemoveRequest, VolRemoveReply, VolResizeRequest, VolResyncRequest, DiskReplaceRequest,
-    DgAddDiskRequest,
+    DgAddDiskRequest, DiskEvacuateRequest, DiskEvacuateReply,
 )
 from .base import Message
 from .fencing import (
@@ -48,7 +48,7 @@ __all__ = [
     "RevokePush", "ServerInfo", "StatusReply", "StatusRequest", "SyncReply", "SyncRequest",
     "Victim", "VolCreateRequest", "VolListReply", "VolListRequest", "VolRemoveReply",
     "VolRemoveRequest", "VolResizeRequest", "VolShowRequest", "VolResyncRequest", "DiskReplaceRequest",
-    "DgAddDiskRequest", "MapPush", "MapAckRequest", "MapAckReply", "PlexDetachRequest",
+    "DgAddDiskRequest", "DiskEvacuateRequest", "DiskEvacuateReply", "MapPush", "MapAckRequest", "MapAckReply", "PlexDetachRequest",
     "PlexDetachReply", "VolumeInfo", "WriteReply",
     "WriteRequest", "OPERATIONS", "PUSHES", "REQUESTS", "push_from_wire", "push_to_wire",
     "reply_of",
@@ -64,6 +64,7 @@ OPERATIONS: dict[str, tuple[type[Message], type[Message]]] = {
         (VolShowRequest, VolumeInfo), (VolRemoveRequest, VolRemoveReply),
         (VolResizeRequest, VolumeInfo), (VolResyncRequest, VolumeInfo),
         (DiskReplaceRequest, GroupInfo), (DgAddDiskRequest, GroupInfo),
+        (DiskEvacuateRequest, DiskEvacuateReply),
         (MapAckRequest, MapAckReply), (PlexDetachRequest, PlexDetachReply),
         (AttachRequest, AttachReply), (RenewRequest, RenewReply),
         (DetachRequest, DetachReply), (RevokeAckRequest, RevokeAckReply),

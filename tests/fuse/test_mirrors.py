@@ -5,6 +5,7 @@ fio writes on; the server is killed -9 in the middle of a resync and resumes it;
 a dead disk is replaced by a new one. Every time the plexes end byte-identical."""
 
 import json
+import os
 import signal
 import subprocess
 
@@ -66,9 +67,10 @@ def mirror(server, tmp_path, vanishing) -> None:
     assert show["plexes"][0]["columns"][0]["subdisks"][0]["disk"] == "d0", show
 
 
-def fio(runs: list, path, runtime: float) -> subprocess.Popen:
+def fio(runs: list, path, runtime: float, offset: int = 0, size: int = SIZE) -> subprocess.Popen:
     runs.append(subprocess.Popen(
-        ["fio", "--name=mirror", f"--filename={path}", "--rw=randrw", "--bs=4k", f"--size={SIZE}",
+        ["fio", "--name=mirror", f"--filename={path}", "--rw=randrw", "--bs=4k", f"--size={size}",
+         f"--offset={offset}",
          "--ioengine=libaio", "--iodepth=4", "--direct=1", "--time_based", f"--runtime={runtime}",
          "--output-format=json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return runs[-1]
@@ -89,12 +91,12 @@ def states(server, volume="dg1/m") -> list[str]:
     return vctl_json(server, "vol", "show", volume)["plex_states"]
 
 
-def plexes_identical(server, volume="dg1/m") -> None:
+def plexes_identical(server, volume="dg1/m", size=SIZE) -> None:
     emap = extent_map(server, volume)
-    a, b = (read_backing(emap, p, 0, SIZE) for p in (0, 1))
+    a, b = (read_backing(emap, p, 0, size) for p in (0, 1))
     same = a == b
     if not same:
-        diff = next(i for i in range(0, SIZE, 4096) if a[i:i + 4096] != b[i:i + 4096])
+        diff = next(i for i in range(0, size, 4096) if a[i:i + 4096] != b[i:i + 4096])
         raise AssertionError(f"plexes differ, first at offset {diff}")
 
 
@@ -182,3 +184,67 @@ def test_dead_disk_replaced(server, tmp_path, vanishing, clients, fios):
     # Nothing to replace twice, and the last copy is never given up.
     bad = vctl(server, "disk", "replace", "d2", str(tmp_path / "d1.img"), check=False)
     assert bad.returncode != 0 and "already belongs" in bad.stderr, bad.stderr
+
+
+@pytest.mark.timeout(120)
+def test_two_nodes_lose_a_plex_at_once(server, tmp_path, vanishing, clients, fios):
+    """Both nodes' writes fail on the dead plex at about the same time: each asks
+    for the detach while the other's acknowledgement of the new map is awaited. No
+    write fails, and neither node loses its delegation over it (a node acknowledges
+    a map without waiting for its own writes that wait for a detach)."""
+    mirror(server, tmp_path, vanishing)
+    nodes = [clients(i, "dg1/m") for i in (1, 2)]
+    half = SIZE // 2
+    runs = [fio(fios, c.path("dg1/m"), 6, offset=i * half, size=half) for i, c in enumerate(nodes)]
+    wait_for(lambda: all(written(c, "dg1/m", 1 << 20) for c in nodes), 30, "fio writing on both")
+    vanishing.vanish()
+    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
+    for run in runs:
+        result = fio_result(run)
+        assert result["error"] == 0 and result["writes"] > 0, result
+    for c in nodes:
+        st = c.volume_status("dg1/m")
+        assert st["plex_states"] == ["stale", "active"], st
+        assert "delegation lost" not in c.log_text() and "the write fails" not in c.log_text()
+
+
+@pytest.mark.timeout(180)
+def test_evacuate_a_disk_under_fio(server, tmp_path, clients, fios):
+    """A concat volume and a mirror plex live on d0; `disk evacuate d0` moves them
+    to d2 and d3 through temporary plexes while fio writes: no error, the data
+    written before is there, and nothing is left on d0."""
+    for i in range(4):
+        vctl(server, "disk", "init", str(tmp_path / f"d{i}.img"), "--size", "64M")
+    vctl(server, "dg", "create", "dg1", *(str(tmp_path / f"d{i}.img") for i in range(2)))
+    vctl(server, "vol", "create", "dg1", "cat", "16M")
+    vctl(server, "vol", "create", "dg1", "m", "16M", "--layout", "mirror")
+    vctl(server, "dg", "add-disk", "dg1", str(tmp_path / "d2.img"), str(tmp_path / "d3.img"))
+    on_d0 = lambda v: [sd["disk"] for p in vctl_json(server, "vol", "show", v)["plexes"]  # noqa: E731
+                       for c in p["columns"] for sd in c["subdisks"]].count("d0")
+    assert on_d0("dg1/cat") and on_d0("dg1/m")
+    c = clients(1, "dg1/cat", "dg1/m")
+    before = os.urandom(1 << 20)
+    with open(c.path("dg1/cat"), "r+b", buffering=0) as f:
+        f.write(before)
+    runs = [fio(fios, c.path(v), 6, size=16 << 20) for v in ("dg1/cat", "dg1/m")]
+    wait_for(lambda: written(c, "dg1/m", 1 << 20), 30, "fio writing")
+    out = vctl(server, "disk", "evacuate", "d0", timeout=120).stdout
+    assert "moved off it" in out, out
+    for run in runs:
+        result = fio_result(run)
+        assert result["error"] == 0 and result["writes"] > 0, result
+    assert on_d0("dg1/cat") == 0 and on_d0("dg1/m") == 0
+    for v in ("dg1/cat", "dg1/m"):
+        show = vctl_json(server, "vol", "show", v)
+        assert show["plex_states"] == ["active"] * show["mirrors"], show
+    assert vctl_json(server, "vol", "show", "dg1/cat")["mirrors"] == 1
+    plexes_identical(server, "dg1/m", 16 << 20)
+    d0 = [d for d in vctl_json(server, "disk", "list") if d["name"] == "d0"][0]
+    assert d0["free"] == d0["public_size"], d0
+    fd = os.open(c.path("dg1/cat"), os.O_RDONLY)
+    try:
+        got = os.pread(fd, 1 << 20, 0)
+    finally:
+        os.close(fd)
+    emap = extent_map(server, "dg1/cat")
+    assert read_backing(emap, 0, 0, 1 << 20) == got

@@ -50,6 +50,7 @@ def well_formed(tmp: str) -> dict[str, dict]:
         "vol_show": {"volume": "dg/v"}, "vol_remove": {"volume": "dg/v"},
         "vol_resize": {"volume": "dg/v", "size": "2M"}, "vol_resync": {"volume": "dg/v"},
         "disk_replace": {"old": "d1", "new": os.path.join(tmp, "new.img")},
+        "disk_evacuate": {"disk": "d1"},
         "dg_add_disk": {"name": "dg", "disks": [os.path.join(tmp, "new.img")]},
         "map_ack": deleg | {"generation": 3},
         "plex_detach": deleg | {"plexes": [1], "generation": 3, "reason": "EIO"},

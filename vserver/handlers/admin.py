@@ -327,6 +327,10 @@ async def op_vol_remove(srv: VolumeServer, sess: Session, req: m.VolRemoveReques
         if holders:
             raise InUse(f"volume {key} is attached by node(s) "
                         f"{', '.join(str(d.node) for d in holders)}; detach first")
+        run = srv.resyncs.get(key)
+        if run is not None and run.running:
+            raise InUse(f"volume {key} is being resynchronized ({run.describe()['percent']}%); "
+                        "wait for it to end")
         group.check_writable()
         await commit_config(srv, group, next_config(
             group.config, [v for v in group.config.volumes if v.id != vol.id]))
@@ -351,6 +355,7 @@ async def op_vol_resize(srv: VolumeServer, sess: Session, req: m.VolResizeReques
             return volume_info(srv, group, vol, detail=True), b""
         group.check_writable()
         new_vol = allocator.resize_volume(group.config, vol, size)  # NoSpace: nothing changed
+        await mirrors.register_holders(srv, group, new_vol)       # new disks: their keys too
         await srv.revoke(holders, "reconfigure")
         try:
             async with srv.config_lock:

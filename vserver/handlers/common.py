@@ -32,6 +32,9 @@ def disk_info(srv: VolumeServer, d: Disk) -> DiskInfo:
     else:
         free = max(0, d.size - ondisk.PRIVATE_SIZE)
     problems = list(d.problems) + ([f"failed: {d.failed}"] if d.failed else [])
+    evac = srv.evacuations.get(d.id)
+    if evac and evac["error"]:
+        problems.append(f"evacuation stopped: {evac['error']}")
     used = len(json.dumps(d.pr.to_json(), separators=(",", ":")))
     if used > 0.8 * ondisk.slot_capacity(ondisk.PR):
         problems.append(f"reservation table {100 * used // ondisk.slot_capacity(ondisk.PR)}% full "

@@ -4,15 +4,14 @@ acknowledgement, and the admin's resync, disk replacement and group growth."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import trio
 
-from fencevol.errors import InvalidArgument, NoSpace
+from fencevol.errors import FencevolError, InvalidArgument, NoSpace
 from fencevol.protocol import messages as m
 
-from .. import mirrors, ownership, storage
+from .. import allocator, mirrors, ownership, storage
 from ..model import ACTIVE, STALE, SYNCING, DiskRecord, GroupConfig, Subdisk
 from ..registry import op
 from ..storage import Disk, Group
@@ -172,13 +171,9 @@ async def op_disk_replace(srv: VolumeServer, sess: Session, req: m.DiskReplaceRe
                           volumes=volumes)
         cfg.validate()
         await _adopt_disk(srv, group, new)
-        now = time.time()
-        keys = {d.key: d.node for v in affected for d in srv.table.on_volume(f"{group.name}/{v.name}")
-                if d.key}
-        for k, node in keys.items():
-            new.pr.register(k, node, now)
-        if keys:
-            await trio.to_thread.run_sync(new.write_pr)
+        for v in volumes:
+            if old.id in {sd.disk for sd in v.subdisks()} or new.id in v.disk_ids():
+                await mirrors.register_holders(srv, group, v)
         del group.disks[old.id]
         try:
             await srv.check_owner(group)
@@ -199,5 +194,37 @@ async def op_disk_replace(srv: VolumeServer, sess: Session, req: m.DiskReplaceRe
     return group_info(srv, group), b""
 
 
+@op("disk_evacuate")
+async def op_disk_evacuate(srv: VolumeServer, sess: Session, req: m.DiskEvacuateRequest, payload):
+    disk = resolve_disk(srv, req.disk)
+    group = _group_of(srv, disk)
+    keys = [f"{group.name}/{v.name}" for v in group.config.volumes if disk.id in v.disk_ids()]
+    busy = [k for k in keys if (r := srv.resyncs.get(k)) is not None and r.running]
+    if busy or srv.evacuations.get(disk.id, {}).get("running"):
+        raise InvalidArgument(f"disk {disk.name}: {', '.join(busy) or 'an evacuation'} is under way; "
+                              "wait for it to end")
+    for key in keys:                # fail early when there is clearly no room
+        _, vol = srv.find_volume(key)
+        for p in mirrors.plexes_on(vol, disk.id):
+            allocator.relocate_plex(group.config, vol, p, disk.id)
+    srv.start_background(_evacuate, srv, disk, keys)
+    srv.evacuations[disk.id] = {"running": True, "volumes": keys, "error": ""}
+    return m.DiskEvacuateReply(disk=disk.name, volumes=keys), b""
+
+
+async def _evacuate(srv: VolumeServer, disk: Disk, keys: list[str]) -> None:
+    """One volume after another: each allocation sees the space the last one took."""
+    state = srv.evacuations[disk.id]
+    try:
+        for key in keys:
+            await mirrors.evacuate(srv, key, disk.id)
+        log.warning("disk %s evacuated: %s", disk.name, ", ".join(keys) or "nothing on it")
+    except (FencevolError, OSError) as exc:
+        state["error"] = str(exc)
+        log.error("evacuation of disk %s stopped: %s", disk.name, exc)
+    finally:
+        state["running"] = False
+
+
 def _plexes_on(vol, disk_id: str) -> list[int]:
-    return [p for p, plex in enumerate(vol.plexes) if any(sd.disk == disk_id for col in plex for sd in col)]
+    return mirrors.plexes_on(vol, disk_id)
