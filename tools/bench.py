@@ -145,6 +145,8 @@ def main() -> int:
     ap.add_argument("--stock-loop", action="store_true",
                     help="paths: also run a second client on pyfuse3's stock request loop "
                          "(FENCEVOL_STOCK_FUSE_LOOP=1), the reference for fuse_fs.fastwait")
+    ap.add_argument("--workload", action="append", metavar="TEXT",
+                    help="paths: only the workloads whose name contains TEXT (repeatable)")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     ap.add_argument("--record", metavar="FILE", help="append a dated markdown section to FILE")
     args = ap.parse_args()
@@ -194,7 +196,8 @@ def main() -> int:
                 stock.start()
                 targets["stock"] = (str(stock.path("bench/one")), 0, True)
             table = {}
-            for name, rw, bs, jobs, target in WORKLOADS:
+            for name, rw, bs, jobs, target in [w for w in WORKLOADS if not args.workload
+                                               or any(t in w[0] for t in args.workload)]:
                 runs: dict[str, list] = {t: [] for t in targets}
                 cost, sys_share, inflight = [], [], 0
                 for r in range(args.rounds):

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from conftest import extent_map
 from testbed.disks import VanishingDir
-from testbed.processes import Server, vctl, vctl_json, wait_for
+from testbed.processes import VENV_BIN, Server, vctl, vctl_json, wait_for
 from testbed.records import read_backing
 
 pytestmark = pytest.mark.fuse
@@ -124,8 +124,14 @@ def test_plex_failure_under_fio_then_resync_while_writing(server, tmp_path, vani
              20, "resync under way")
     show = vctl_json(server, "vol", "show", "dg1/m")
     assert show["plex_states"] == ["syncing", "active"] and 0 <= show["resync"]["percent"] < 100, show
-    out = vctl(server, "vol", "resync", "dg1/m").stdout      # waits; no bar: not a terminal
-    assert "plex 0 active, plex 1 active" in out, out
+    # Waits, with a progress bar on a terminal (a pty from script(1)).
+    cp = subprocess.run(["script", "-qec", f"{VENV_BIN / 'vctl'} vol resync dg1/m", "/dev/null"],
+                        env=server.env, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "resync dg1/m" in cp.stdout and "100%" in cp.stdout and "|" in cp.stdout, cp.stdout
+    assert "plex 0 active, plex 1 active" in cp.stdout, cp.stdout
+    out = vctl(server, "vol", "resync", "dg1/m", check=False)        # not a terminal: no bar
+    assert out.returncode != 0 and "every plex is active" in out.stderr and "%" not in out.stdout
     result = fio_result(run)
     assert result["error"] == 0 and result["writes"] > 0, result
     assert c.volume_status("dg1/m")["plex_states"] == ["active", "active"]
