@@ -518,8 +518,11 @@ def _wait_resync(args, names: list[str]) -> list[dict]:
     out = []
     for name in names:
         v = call(args, proto.VolShowRequest(volume=name))
+        size = os.get_terminal_size(sys.stderr.fileno()) if sys.stderr.isatty() else None
+        unsized = size is not None and not (size.columns and size.lines)   # e.g. script(1)'s pty
         bar = tqdm(total=v["size"], unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=f"resync {name}", disable=None if not args.json else True)
+                   desc=f"resync {name}", disable=None if not args.json else True,
+                   ncols=80 if unsized else None, nrows=24 if unsized else None)
         try:
             while v.get("resync"):
                 r = v["resync"]
