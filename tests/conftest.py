@@ -6,9 +6,11 @@ from testbed.processes import Server
 
 
 @pytest.fixture
-def server(tmp_path):
-    """A running vserver on a fresh state directory; stopped even if the test fails."""
-    srv = Server(tmp_path / "state")
+def server(tmp_path, request):
+    """A running vserver on a fresh state directory (extra flags from a
+    ``server_args`` mark); stopped even if the test fails."""
+    mark = request.node.get_closest_marker("server_args")
+    srv = Server(tmp_path / "state", *(mark.args if mark else ()))
     try:
         srv.start()
         yield srv

@@ -1,4 +1,5 @@
 import pytest
+from testbed.disks import VanishingDir
 from testbed.processes import vctl, vctl_json
 from testbed.records import extent_map_from_show
 
@@ -29,3 +30,13 @@ def dg(server, tmp_path):
 def extent_map(server, volume: str):
     """The volume's extent map, rebuilt from `vctl vol show --json`."""
     return extent_map_from_show(vctl_json(server, "vol", "show", volume))
+
+
+@pytest.fixture
+def vanishing(tmp_path):
+    """A directory behind bindfs that a test can kill (a dying disk) and mount again."""
+    v = VanishingDir(tmp_path)
+    try:
+        yield v
+    finally:
+        v.close()

@@ -9,7 +9,6 @@ import time
 
 import pytest
 from conftest import extent_map
-from testbed.disks import VanishingDir
 from testbed.processes import mounted, Server, vctl, vctl_json, wait_for
 from testbed.records import read_backing
 
@@ -157,15 +156,6 @@ def test_server_unreachable_at_start(tmp_path):
     finally:
         c.stop()
         srv.stop()
-
-
-@pytest.fixture
-def vanishing(tmp_path):
-    v = VanishingDir(tmp_path)
-    try:
-        yield v
-    finally:
-        v.close()
 
 
 def test_backing_disk_vanishing(server, tmp_path, clients, vanishing):

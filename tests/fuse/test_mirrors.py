@@ -11,38 +11,12 @@ import subprocess
 
 import pytest
 from conftest import extent_map
-from testbed.disks import VanishingDir
-from testbed.processes import VENV_BIN, Server, vctl, vctl_json, wait_for
+from testbed.processes import VENV_BIN, vctl, vctl_json, wait_for
 from testbed.records import read_backing
 
 pytestmark = pytest.mark.fuse
 
 SIZE = 32 << 20
-
-
-@pytest.fixture
-def vanishing(tmp_path):
-    v = VanishingDir(tmp_path)
-    try:
-        yield v
-    finally:
-        v.close()
-
-
-SERVER_ARGS = {     # a slow resync where a test must catch it under way
-    "test_plex_failure_under_fio_then_resync_while_writing": ("--resync-rate", "8M"),
-    "test_server_kill_mid_resync_resumes_it": ("--resync-rate", "4M"),
-}
-
-
-@pytest.fixture
-def server(tmp_path, request):
-    srv = Server(tmp_path / "state", *SERVER_ARGS.get(request.node.name, ()))
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
@@ -83,6 +57,16 @@ def fio_result(proc: subprocess.Popen) -> dict:
     return {"error": job["error"], "writes": job["write"]["total_ios"], "reads": job["read"]["total_ios"]}
 
 
+def lose_plex_0(server, c, vanishing, fios, runtime: float, before: int) -> dict:
+    """Under fio on ``c``, once it has written ``before`` bytes, kill the disk under
+    plex 0; wait until the plex is detached and fio ends; fio's result."""
+    run = fio(fios, c.path("dg1/m"), runtime)
+    wait_for(lambda: written(c, "dg1/m", before), 30, "fio writing")
+    vanishing.vanish()
+    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
+    return fio_result(run)
+
+
 def written(client, volume, at_least: int) -> bool:
     return client.volume_status(volume)["bytes_written"] >= at_least
 
@@ -101,14 +85,11 @@ def plexes_identical(server, volume="dg1/m", size=SIZE) -> None:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.server_args("--resync-rate", "8M")     # slow enough to be seen under way
 def test_plex_failure_under_fio_then_resync_while_writing(server, tmp_path, vanishing, clients, fios):
     mirror(server, tmp_path, vanishing)
     c = clients(1, "dg1/m")
-    run = fio(fios, c.path("dg1/m"), 6)
-    wait_for(lambda: written(c, "dg1/m", 2 << 20), 30, "fio writing")
-    vanishing.vanish()
-    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
-    result = fio_result(run)
+    result = lose_plex_0(server, c, vanishing, fios, 6, 2 << 20)
     assert result["error"] == 0 and result["writes"] > 0, result
     st = c.volume_status("dg1/m")
     assert st["plex_states"] == ["stale", "active"] and st["read_plex"] == 1, st
@@ -140,14 +121,11 @@ def test_plex_failure_under_fio_then_resync_while_writing(server, tmp_path, vani
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.server_args("--resync-rate", "4M")     # 8 s: killed in the middle
 def test_server_kill_mid_resync_resumes_it(server, tmp_path, vanishing, clients, fios):
     mirror(server, tmp_path, vanishing)
     c = clients(1, "dg1/m")
-    run = fio(fios, c.path("dg1/m"), 4)
-    wait_for(lambda: written(c, "dg1/m", 1 << 20), 30, "fio writing")
-    vanishing.vanish()
-    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
-    assert fio_result(run)["error"] == 0
+    assert lose_plex_0(server, c, vanishing, fios, 4, 1 << 20)["error"] == 0
     vanishing.revive()
     run = fio(fios, c.path("dg1/m"), 14)
     vctl(server, "vol", "resync", "dg1/m", "--no-wait")
@@ -172,11 +150,10 @@ def test_server_kill_mid_resync_resumes_it(server, tmp_path, vanishing, clients,
 def test_dead_disk_replaced(server, tmp_path, vanishing, clients, fios):
     mirror(server, tmp_path, vanishing)
     c = clients(1, "dg1/m")
-    run = fio(fios, c.path("dg1/m"), 8)
-    wait_for(lambda: written(c, "dg1/m", 1 << 20), 30, "fio writing")
-    vanishing.vanish()
-    wait_for(lambda: states(server) == ["stale", "active"], 20, "plex 0 detached")
     vctl(server, "disk", "init", str(tmp_path / "d2.img"), "--size", "64M")
+    result = lose_plex_0(server, c, vanishing, fios, 3, 1 << 20)
+    assert result["error"] == 0 and result["writes"] > 0, result
+    run = fio(fios, c.path("dg1/m"), 6)
     out = vctl(server, "disk", "replace", "d0", str(tmp_path / "d2.img")).stdout
     assert "replaced by" in out, out
     show = vctl_json(server, "vol", "show", "dg1/m")
@@ -187,7 +164,7 @@ def test_dead_disk_replaced(server, tmp_path, vanishing, clients, fios):
     result = fio_result(run)
     assert result["error"] == 0 and result["writes"] > 0, result
     plexes_identical(server)
-    # Nothing to replace twice, and the last copy is never given up.
+    # NEW must be a disk in no group.
     bad = vctl(server, "disk", "replace", "d2", str(tmp_path / "d1.img"), check=False)
     assert bad.returncode != 0 and "already belongs" in bad.stderr, bad.stderr
 
