@@ -9,7 +9,8 @@ column is a concatenation of subdisks ``(disk index, disk offset, length)``.
 Wire form (server -> client), see docs/PROTOCOL.md::
 
     {"size": int, "stripe_unit": int, "generation": int,
-     "plex_states": ["active" | "stale" | "syncing", ...] per plex (default all active),
+     "plex_states": ["active" | "stale" | "syncing" | "detaching", ...] per plex
+                    (default all active; read: active; written: all but stale),
      "plexes": [[[ [disk_index, disk_offset, length], ... ] per column ] per plex],
      "disks": [{"id": uuid, "path": str, "name": str}, ...]}
 """
@@ -135,7 +136,8 @@ class ExtentMap:
         if len(self.states) != len(self.plexes):
             raise ProtocolError("extent map: plex states do not match its plexes")
         self.readable = [p for p, st in enumerate(self.states) if st == "active"]
-        self.writable = [p for p, st in enumerate(self.states) if st in ("active", "syncing")]
+        self.writable = [p for p, st in enumerate(self.states) if st in ("active", "syncing",
+                                                                           "detaching")]
         if not self.readable:
             raise ProtocolError("extent map has no active plex")
         for plex in self.plexes:

@@ -38,7 +38,7 @@ from fencevol.errors import FencevolError, IOFailure, NotFound
 from fencevol.protocol import messages as m
 
 from . import allocator, storage
-from .model import ACTIVE, STALE, SYNCING, GroupConfig, Volume
+from .model import ACTIVE, DETACHING, STALE, SYNCING, GroupConfig, Volume
 from .storage import Disk, Group
 
 if TYPE_CHECKING:
@@ -129,31 +129,61 @@ def acknowledge_map(srv: VolumeServer, d: Delegation, generation: int) -> None:
 
 # -- detach -------------------------------------------------------------------------------------
 async def detach_plexes(srv: VolumeServer, d: Delegation, plexes: list[int], reason: str) -> dict:
-    """Mark ``plexes`` of ``d``'s volume stale (unless they are already), have every
-    other holder install the map, and return it. IOFailure if that would leave no
-    active plex."""
+    """Detach ``plexes`` of ``d``'s volume in two steps, each installed by every
+    other holder before the next: ``detaching`` (still written, no longer read),
+    then ``stale``. Between the steps a holder that has not installed the first
+    map may read the plex, but every write acknowledged so far is on it: the only
+    writes missing there are the ones waiting for this detach. Return the map.
+    IOFailure if no plex would stay active."""
     async with srv.mirror_locks[d.volume]:
         group, vol = srv.find_volume(d.volume)
         if any(not 0 <= p < len(vol.plexes) for p in plexes):
             raise IOFailure(f"{d.volume} has no plex {plexes}")
-        states = list(vol.plex_states)
-        todo = [p for p in plexes if states[p] != STALE]
+        todo = [p for p in plexes if vol.plex_states[p] != STALE]
         if todo:
-            for p in todo:
-                states[p] = STALE
-            if ACTIVE not in states:
+            if ACTIVE not in [DETACHING if p in todo else st for p, st in enumerate(vol.plex_states)]:
                 raise IOFailure(f"{d.volume}: plex(es) {', '.join(map(str, todo))} cannot be "
                                 "detached: no other plex is active")
-            new = volume_with(vol, plex_states=states,
-                              resync_done=vol.resync_done if SYNCING in states else 0)
-            await commit(srv, group, next_config(group.config, vol, new))
+            vol = await set_states(srv, group, vol, todo, DETACHING, skip=d.id)
+            vol = await set_states(srv, group, vol, todo, STALE, skip=d.id)
             srv.counters["plex_detaches"] += 1
             log.error("%s: plex(es) %s detached (stale) after a failed write on node %d: %s",
                       d.volume, ", ".join(map(str, todo)), d.node, reason)
-            vol = new
-        await update_maps(srv, group, vol, skip=d.id)
+        else:
+            await update_maps(srv, group, vol, skip=d.id)
+        group, vol = srv.find_volume(d.volume)
         d.map_gen = max(d.map_gen, group.config.generation)
         return node_map(srv, group, vol)
+
+
+async def set_states(srv: VolumeServer, group: Group, vol: Volume, plexes: list[int], state: str,
+                      skip: str = "") -> Volume:
+    """Commit ``plexes`` in ``state`` (a no-op where they are) and have every holder
+    but ``skip`` install the map. The caller holds the volume's mirror lock."""
+    key = f"{group.name}/{vol.name}"
+    group, vol = srv.find_volume(key)
+    states = [state if p in plexes else st for p, st in enumerate(vol.plex_states)]
+    if states != vol.plex_states:
+        new = volume_with(vol, plex_states=states,
+                          resync_done=vol.resync_done if SYNCING in states else 0)
+        await commit(srv, group, next_config(group.config, vol, new))
+        vol = new
+    await update_maps(srv, group, vol, skip=skip)
+    return vol
+
+
+async def finish_detaches(srv: VolumeServer, group: Group) -> None:
+    """At start: a detach the last server did not finish (plexes left
+    ``detaching``) goes on from its first step."""
+    for vol in list(group.config.volumes):
+        todo = vol.plexes_in(DETACHING)
+        if todo:
+            key = f"{group.name}/{vol.name}"
+            async with srv.mirror_locks[key]:
+                group, vol = srv.find_volume(key)
+                vol = await set_states(srv, group, vol, todo, DETACHING)
+                await set_states(srv, group, vol, todo, STALE)
+            log.warning("%s: the detach of plex(es) %s finished", key, ", ".join(map(str, todo)))
 
 
 async def detach_on_server(srv: VolumeServer, group: Group, vol: Volume, plexes: list[int],
@@ -275,8 +305,13 @@ async def start_resync(srv: VolumeServer, group: Group, vol: Volume) -> Volume:
 
 
 async def resume_all(srv: VolumeServer, group: Group) -> None:
-    """At start, after a repair or a disk came back: resync every volume of the
-    group that has syncing plexes, or stale ones whose disks work."""
+    """At start, after a repair or a disk came back: finish detaches, then resync
+    every volume of the group that has syncing plexes, or stale ones whose disks
+    work."""
+    try:
+        await finish_detaches(srv, group)
+    except FencevolError as exc:
+        log.error("disk group %s: detaches not finished: %s", group.name, exc)
     for vol in list(group.config.volumes):
         if vol.plexes_in(SYNCING) or any(syncable(group, vol, p) for p in vol.plexes_in(STALE)):
             try:
@@ -427,7 +462,7 @@ async def evacuate(srv: VolumeServer, key: str, disk_id: str) -> None:
 
     1. the plex's copy, relocated (allocator.relocate_plex), is added as a syncing
        plex and resynced;
-    2. the old plex becomes stale: every holder stops using it;
+    2. the old plex is detached (detaching, then stale): every holder stops using it;
     3. it takes the new copy's place (same disk addresses, active) and the
        temporary plex goes. A holder still on step 2's map writes the temporary
        plex: the same disk addresses, so nothing diverges; after its
@@ -458,10 +493,9 @@ async def evacuate(srv: VolumeServer, key: str, disk_id: str) -> None:
                             + (f" ({run.error})" if run and run.error else ""))
         async with srv.mirror_locks[key]:
             group, vol = srv.find_volume(key)
-            states = [STALE if q == p else st for q, st in enumerate(vol.plex_states)]
-            stale = volume_with(vol, plex_states=states)
-            await commit(srv, group, next_config(group.config, vol, stale))
-            await update_maps(srv, group, stale)
+            if vol.plex_states[p] != STALE:
+                vol = await set_states(srv, group, vol, [p], DETACHING)
+            await set_states(srv, group, vol, [p], STALE)
             group, vol = srv.find_volume(key)
             plexes = [vol.plexes[n] if q == p else pl for q, pl in enumerate(vol.plexes[:n])]
             states = [ACTIVE if q == p else st for q, st in enumerate(vol.plex_states[:n])]

@@ -18,9 +18,10 @@ LAYOUTS = ("concat", "stripe", "mirror")
 # Plex states (VxVM's ACTIVE / STALE, LVM raid1's in-sync / out-of-sync):
 #   active  -- in sync: read and written;
 #   stale   -- detached after a failed write (or replaced disk): neither read nor written;
-#   syncing -- being resynchronized from an active plex: written, not read, until done.
-ACTIVE, STALE, SYNCING = "active", "stale", "syncing"
-PLEX_STATES = (ACTIVE, STALE, SYNCING)
+#   syncing -- being resynchronized from an active plex: written, not read, until done;
+#   detaching -- the first step of a detach: written, no longer read (then stale).
+ACTIVE, STALE, SYNCING, DETACHING = "active", "stale", "syncing", "detaching"
+PLEX_STATES = (ACTIVE, STALE, SYNCING, DETACHING)
 KINDS = ("data", "coordinator")
 CONFIG_FORMAT = 1
 

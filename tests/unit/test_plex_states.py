@@ -37,6 +37,9 @@ def test_states_round_trip_and_reach_the_map():
     assert back.plex_states == ["stale", "active", "syncing"] and back.resync_done == 1 << 20
     emap = ExtentMap(extent_map_wire(cfg, vol, {}))
     assert emap.generation == 5 and emap.readable == [1] and emap.writable == [1, 2]
+    vol.plex_states = ["detaching", "active", "stale"]     # the first step of a detach
+    emap = ExtentMap(extent_map_wire(cfg, vol, {}))
+    assert emap.readable == [1] and emap.writable == [0, 1]
 
 
 @pytest.mark.parametrize("states, resync_done, message", [

@@ -12,7 +12,7 @@ from fencevol.errors import FencevolError, InvalidArgument, NoSpace
 from fencevol.protocol import messages as m
 
 from .. import allocator, mirrors, ownership, storage
-from ..model import ACTIVE, STALE, SYNCING, DiskRecord, GroupConfig, Subdisk
+from ..model import ACTIVE, DETACHING, STALE, SYNCING, DiskRecord, GroupConfig, Subdisk
 from ..registry import op
 from ..storage import Disk, Group
 from .common import group_info, io_target, resolve_disk, volume_info
@@ -130,17 +130,16 @@ async def op_disk_replace(srv: VolumeServer, sess: Session, req: m.DiskReplaceRe
         if not [p for p in v.plexes_in(ACTIVE) if p not in on_old]:
             raise InvalidArgument(f"volume {group.name}/{v.name} has no active copy off disk "
                                   f"{old.name}: a replacement would lose its data; nothing changed")
-    # 1. Nobody reads or writes the plexes on OLD any more.
+    # 1. Nobody reads or writes the plexes on OLD any more (detached in two steps).
     for v in affected:
         key = f"{group.name}/{v.name}"
         async with srv.mirror_locks[key]:
             group, vol = srv.find_volume(key)
-            states = [STALE if p in _plexes_on(vol, old.id) else st for p, st in enumerate(vol.plex_states)]
-            new_vol = mirrors.volume_with(vol, plex_states=states,
-                                          resync_done=vol.resync_done if SYNCING in states else 0)
-            if states != vol.plex_states:
-                await mirrors.commit(srv, group, mirrors.next_config(group.config, vol, new_vol))
-            await mirrors.update_maps(srv, group, new_vol)
+            on_old = _plexes_on(vol, old.id)
+            live = [p for p in on_old if vol.plex_states[p] != STALE]
+            if live:
+                vol = await mirrors.set_states(srv, group, vol, live, DETACHING)
+            await mirrors.set_states(srv, group, vol, on_old, STALE)
     # 2. Their subdisks move to NEW, as syncing plexes (nobody writes them yet: the
     #    resync updates every holder's map before it copies anything).
     async with srv.config_lock:
