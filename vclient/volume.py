@@ -125,7 +125,8 @@ class AttachedVolume:
         """Return once every write that started under an earlier map has finished."""
         serial = self._serial
         while any(s < serial for s in self._map_writes):
-            self._map_drained = trio.Event()
+            if self._map_drained is None:      # shared by every waiter (two pushes in a row)
+                self._map_drained = trio.Event()
             await self._map_drained.wait()
 
     def _span(self, off: int, n: int) -> tuple[int, int]:
@@ -304,6 +305,7 @@ class AttachedVolume:
                 del counts[serial]
                 if self._map_drained is not None:
                     self._map_drained.set()
+                    self._map_drained = None
         if failed:
             await self._detach(emap, sorted(failed), error)
 

@@ -264,7 +264,12 @@ def reopen_disk(disk: Disk) -> bool:
     return True
 
 
-async def reopen_failed(group: Group) -> list[str]:
+async def reopen_failed(srv: VolumeServer, group: Group) -> list[str]:
+    """Reopen the group's failed disks that came back. Reopening writes this
+    server's reservation table to the disk: only while the group is still ours."""
+    if not group.failed:
+        return []
+    await srv.check_owner(group)
     back = []
     for disk_id, disk in list(group.disks.items()):
         if disk.failed and await trio.to_thread.run_sync(reopen_disk, disk):

@@ -232,7 +232,7 @@ async def op_dg_repair(srv: VolumeServer, sess: Session, req: m.DgRepairRequest,
         if group.missing:
             raise InvalidArgument(f"disk group {name} is missing disks; cannot repair")
         await srv.check_owner(group)
-        back = await mirrors.reopen_failed(group)
+        back = await mirrors.reopen_failed(srv, group)
         cfg = next_config(group.config, group.config.volumes)
         repaired = [f"disk {b} is back" for b in back]
         repaired += await trio.to_thread.run_sync(_repair_group, group, cfg)

@@ -42,7 +42,7 @@ async def op_map_ack(srv: VolumeServer, sess: Session, req: m.MapAckRequest, pay
 @op("vol_resync")
 async def op_vol_resync(srv: VolumeServer, sess: Session, req: m.VolResyncRequest, payload):
     group, vol = srv.find_volume(req.volume)
-    back = await mirrors.reopen_failed(group)
+    back = await mirrors.reopen_failed(srv, group)
     if back:
         log.warning("disk group %s: disk(s) %s back", group.name, ", ".join(back))
     if not vol.plexes_in(STALE, SYNCING):
